@@ -1,0 +1,345 @@
+"""Turning uploads into text and text into chunks: parse .txt/.md/.pdf/.docx/.html or pasted text
+(rejecting what cannot be used, with the file named), then split by encoder tokens with overlap.
+
+Uploads are only read from memory; nothing here writes a file, so a hostile name cannot escape the
+data directory. Names with path separators are rejected rather than silently shortened."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".pdf", ".docx", ".html", ".htm")
+_TEXT_CONTROL_OK = {"\t", "\n", "\r", "\f", "\v"}
+
+
+@dataclass
+class ParseSettings:
+    """Limits applied to every upload."""
+
+    max_bytes: int = 10 * 1024 * 1024  # 10 MB; larger uploads are rejected, never truncated
+    max_control_ratio: float = 0.05  # a "text" file with more control characters than this is binary
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, got {self.max_bytes}; the default is 10 MB.")
+        if not 0.0 <= self.max_control_ratio <= 1.0:
+            raise ValueError(
+                f"max_control_ratio must be between 0 and 1, got {self.max_control_ratio}; try 0.05."
+            )
+
+
+@dataclass(frozen=True)
+class Document:
+    """The plain text of one upload; chunks point into `text` by character offsets."""
+
+    name: str  # the file name as uploaded (a plain name, never a path)
+    kind: str  # "txt", "md", "pdf", "docx", "html" or "pasted"
+    text: str  # extracted text, newlines normalised to "\n", outer whitespace stripped
+    content_hash: str  # sha256 of `text`; the same text uploaded twice has the same hash
+
+    @property
+    def n_chars(self) -> int:
+        return len(self.text)
+
+
+@dataclass(frozen=True)
+class FileError:
+    """Why one upload was rejected."""
+
+    name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ParseReport:
+    """The outcome of parsing many uploads: one bad file loses nothing else."""
+
+    documents: list[Document] = field(default_factory=list)
+    errors: list[FileError] = field(default_factory=list)
+
+
+def content_hash(text: str) -> str:
+    """sha256 hex digest of `text` as UTF-8: the dedup key for documents."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_file_name(name: str) -> str:
+    """Return `name` if it is a plain file name; reject paths, '..' and control characters."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError("An upload has no file name; give the file a name and upload it again.")
+    if "/" in name or "\\" in name or name.strip() in {".", ".."}:
+        raise InputError(
+            f"{name!r} is not a plain file name (it contains a path separator or '..'); "
+            "upload the file itself under a simple name."
+        )
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        raise InputError(f"{name!r} has control characters in its name; rename the file and upload it again.")
+    if len(name) > 255:
+        raise InputError(f"{name[:40]!r}... has a name longer than 255 characters; rename it.")
+    return name
+
+
+def parse_file(name: str, data: bytes, settings: ParseSettings | None = None) -> Document:
+    """Extract the text of one upload, or raise `InputError` naming the file and what to do."""
+    settings = settings or ParseSettings()
+    name = check_file_name(name)
+    suffix = _suffix(name)
+    if suffix not in SUPPORTED_SUFFIXES:
+        shown = suffix or "no extension"
+        raise InputError(
+            f"'{name}' has an unsupported type ({shown}); upload one of: {', '.join(SUPPORTED_SUFFIXES)}."
+        )
+    if len(data) == 0:
+        raise InputError(f"'{name}' is empty (0 bytes); there is nothing to index.")
+    if len(data) > settings.max_bytes:
+        raise InputError(
+            f"'{name}' is {_mb(len(data))}; the limit is {_mb(settings.max_bytes)}. "
+            "Split it into smaller files."
+        )
+    if suffix in (".txt", ".md", ".markdown"):
+        text, kind = _decode_text(name, data, settings), ("md" if suffix != ".txt" else "txt")
+    elif suffix == ".pdf":
+        text, kind = _pdf_text(name, data), "pdf"
+    elif suffix == ".docx":
+        text, kind = _docx_text(name, data), "docx"
+    else:
+        text, kind = _html_text(name, data), "html"
+    text = _normalize(text)
+    if not text:
+        raise InputError(f"'{name}' contains no text to index (a scanned PDF holds only images).")
+    return Document(name=name, kind=kind, text=text, content_hash=content_hash(text))
+
+
+def parse_text(text: str, name: str | None = None, settings: ParseSettings | None = None) -> Document:
+    """Wrap pasted text as a Document (named `pasted-<hash8>` unless a name is given)."""
+    settings = settings or ParseSettings()
+    text = _normalize(text or "")
+    if not text:
+        raise InputError("The pasted text is empty; paste or type something first.")
+    size = len(text.encode("utf-8"))
+    if size > settings.max_bytes:
+        raise InputError(
+            f"The pasted text is {_mb(size)}; the limit is {_mb(settings.max_bytes)}. Paste less at once."
+        )
+    digest = content_hash(text)
+    name = check_file_name(name) if name else f"pasted-{digest[:8]}"
+    return Document(name=name, kind="pasted", text=text, content_hash=digest)
+
+
+def parse_files(files: Iterable[tuple[str, bytes]], settings: ParseSettings | None = None) -> ParseReport:
+    """Parse many (name, bytes) uploads; failures become `FileError`s instead of stopping the batch."""
+    report = ParseReport()
+    for name, data in files:
+        try:
+            report.documents.append(parse_file(name, data, settings))
+        except InputError as e:
+            log.info("Rejected upload %r: %s", name, e)
+            report.errors.append(FileError(name=str(name), message=str(e)))
+    return report
+
+
+def _suffix(name: str) -> str:
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / (1024 * 1024):.1f} MB"
+
+
+def _normalize(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def _decode_text(name: str, data: bytes, settings: ParseSettings) -> str:
+    if b"\x00" in data:
+        raise InputError(f"'{name}' looks like a binary file (it contains NUL bytes), not text.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"'{name}' is not valid UTF-8 (byte 0x{data[e.start]:02x} at position {e.start}); "
+            "save it as UTF-8 and upload it again."
+        ) from e
+    control = sum(1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in _TEXT_CONTROL_OK)
+    if text and control / len(text) > settings.max_control_ratio:
+        raise InputError(
+            f"'{name}' looks like a binary file ({control / len(text):.0%} control characters), not text."
+        )
+    return text
+
+
+def _pdf_text(name: str, data: bytes) -> str:
+    from pypdf import PdfReader
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            try:  # many PDFs are "encrypted" with an empty user password and open fine
+                opened = bool(reader.decrypt(""))
+            except Exception:
+                opened = False
+            if not opened:
+                raise InputError(
+                    f"'{name}' is encrypted (password-protected); save an unprotected copy and upload that."
+                )
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except InputError:
+        raise
+    except Exception as e:  # pypdf raises many types for broken files; all mean "cannot read"
+        raise InputError(f"'{name}' could not be read as a PDF ({_reason(e)}); the file may be damaged.") from e
+    return "\n\n".join(page.strip() for page in pages if page.strip())
+
+
+def _docx_text(name: str, data: bytes) -> str:
+    import docx
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except Exception as e:  # not a zip, or a zip without word/document.xml
+        raise InputError(
+            f"'{name}' could not be read as a Word .docx file ({_reason(e)}); "
+            "old .doc files must be saved as .docx first."
+        ) from e
+    parts = [p.text for p in document.paragraphs]
+    for table in document.tables:
+        for row in table.rows:
+            parts.append("\t".join(cell.text for cell in row.cells))
+    return "\n".join(parts)
+
+
+def _html_text(name: str, data: bytes) -> str:
+    from bs4 import BeautifulSoup
+
+    if b"\x00" in data:
+        raise InputError(f"'{name}' looks like a binary file (it contains NUL bytes), not HTML.")
+    soup = BeautifulSoup(data, "html.parser")  # bytes in: bs4 detects the encoding itself
+    for tag in soup(["script", "style", "noscript", "template", "head"]):
+        tag.decompose()
+    lines = [line.strip() for line in soup.get_text(separator="\n").splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+
+
+def _reason(error: Exception) -> str:
+    message = str(error).strip() or type(error).__name__
+    return message if len(message) <= 120 else message[:117] + "..."
+
+
+# --- chunking -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkSettings:
+    """How documents are cut into pieces the encoder embeds one at a time."""
+
+    max_tokens: int = 128  # encoder tokens per chunk incl. [CLS]/[SEP]; MiniLM truncates at 256
+    overlap_tokens: int = 16  # tokens a chunk may share with the previous one, so no idea is cut in two
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.max_tokens <= 512:
+            raise ValueError(f"max_tokens must be between 8 and 512, got {self.max_tokens}; try 128.")
+        if not 0 <= self.overlap_tokens < self.max_tokens:
+            raise ValueError(
+                f"overlap_tokens must be at least 0 and smaller than max_tokens ({self.max_tokens}), "
+                f"got {self.overlap_tokens}; try {self.max_tokens // 8}."
+            )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a document: `document.text[char_start:char_end] == text`."""
+
+    doc_name: str
+    doc_hash: str  # Document.content_hash of the source
+    index: int  # 0-based position within the document
+    char_start: int  # offset of the first character in the document text
+    char_end: int  # offset one past the last character
+    text: str
+    n_tokens: int  # encoder tokens, counting [CLS] and [SEP] as the encoder does
+
+
+class Chunker:
+    """Splits documents on sentence/paragraph boundaries into chunks of at most `max_tokens` tokens.
+
+    Uses `semantic-text-splitter` (Markdown-aware for .md) with the encoder's own tokenizer, so a chunk
+    never exceeds what the encoder reads."""
+
+    def __init__(self, tokenizer: Any, settings: ChunkSettings | None = None) -> None:
+        """`tokenizer` is a `tokenizers.Tokenizer` with truncation off (see SentenceEmbedder.tokenizer())."""
+        from semantic_text_splitter import MarkdownSplitter, TextSplitter
+
+        self.settings = settings or ChunkSettings()
+        self.tokenizer = tokenizer
+        size, overlap = self.settings.max_tokens, self.settings.overlap_tokens
+        self._text = TextSplitter.from_huggingface_tokenizer(tokenizer, size, overlap=overlap)
+        self._markdown = MarkdownSplitter.from_huggingface_tokenizer(tokenizer, size, overlap=overlap)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the encoder sees for `text`, including its special tokens."""
+        return len(self.tokenizer.encode(text).ids)
+
+    def chunk(self, document: Document) -> list[Chunk]:
+        """Cut one document into chunks in reading order."""
+        splitter = self._markdown if document.kind == "md" else self._text
+        return [
+            Chunk(
+                doc_name=document.name,
+                doc_hash=document.content_hash,
+                index=i,
+                char_start=start,
+                char_end=start + len(piece),
+                text=piece,
+                n_tokens=self.count_tokens(piece),
+            )
+            for i, (start, piece) in enumerate(splitter.chunk_indices(document.text))
+        ]
+
+
+@dataclass(frozen=True)
+class ChunkPreview:
+    """What the upload page shows before indexing: how a document will be cut."""
+
+    doc_name: str
+    n_chunks: int
+    total_tokens: int
+    max_chunk_tokens: int  # the largest chunk's tokens (<= settings.max_tokens)
+    chunks: list[Chunk]  # the first `max_rows` chunks
+    overlap_chars: list[int]  # per shown chunk: characters shared with the previous chunk (0 for the first)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per shown chunk, ready for a table."""
+        return [
+            {
+                "chunk": c.index,
+                "tokens": c.n_tokens,
+                "chars": f"{c.char_start}-{c.char_end}",
+                "overlap chars": overlap,
+                "text": c.text,
+            }
+            for c, overlap in zip(self.chunks, self.overlap_chars, strict=True)
+        ]
+
+
+def preview_chunks(document: Document, chunker: Chunker, max_rows: int = 50) -> ChunkPreview:
+    """Chunk `document` and summarise the result for display."""
+    chunks = chunker.chunk(document)
+    overlaps = [0] + [max(0, prev.char_end - cur.char_start) for prev, cur in zip(chunks, chunks[1:])]
+    return ChunkPreview(
+        doc_name=document.name,
+        n_chunks=len(chunks),
+        total_tokens=sum(c.n_tokens for c in chunks),
+        max_chunk_tokens=max((c.n_tokens for c in chunks), default=0),
+        chunks=chunks[:max_rows],
+        overlap_chars=overlaps[:max_rows],
+    )

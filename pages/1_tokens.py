@@ -1,0 +1,111 @@
+"""Station 1: the text as BPE pieces and ids, their embedding rows, nearest tokens and a 2-D map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import charts
+from core.tokens import nearest_tokens, neighbourhood_map, pieces_html, readable, tokenize_plain
+from ui import state
+
+st.title("1 · Tokens & token embeddings")
+st.markdown(
+    "**What happens.** The tokenizer cuts the text into byte-pair-encoding (BPE) pieces and gives each "
+    "an id. The id picks one row of the embedding matrix **E** (vocabulary × width): `x = E[id]`. "
+    "**Why it matters.** That row is all the model knows about the token when it starts; tokens used "
+    "alike end up with rows pointing the same way, so cosine similarity finds related tokens."
+)
+
+loaded = state.require_model()
+trace = state.require_trace(loaded)
+info = loaded.info
+strings, unit_embeddings, embeddings = state.vocabulary(loaded)
+
+# ---------------------------------------------------------------- pieces and ids
+st.subheader("The pieces")
+c1, c2, c3 = st.columns(3)
+c1.metric("Characters", len(trace.text))
+c2.metric("Tokens", trace.n_tokens)
+c3.metric("Characters per token", f"{len(trace.text) / max(trace.n_tokens, 1):.2f}")
+st.html(pieces_html(trace.pieces, trace.token_ids))
+st.caption("Hover a piece for its position; '␣' is a leading space, which BPE keeps inside the piece.")
+
+gpt2 = tokenize_plain(state.gpt2_tokenizer(), trace.text, "GPT-2")
+mine = tokenize_plain(loaded.tokenizer, trace.text, info.name)
+if gpt2.ids != mine.ids:
+    st.markdown(f"**GPT-2's tokenizer on the same text** — {len(gpt2.ids)} tokens vs {len(mine.ids)}:")
+    st.html(pieces_html(gpt2.pieces, gpt2.ids))
+    st.caption("Different vocabularies cut the same text differently, so their ids mean different things.")
+
+# ---------------------------------------------------------------- embedding rows
+st.subheader("Their embedding rows")
+T, d = trace.token_embeddings.shape
+left, right = st.columns(2)
+max_rows = min(T, 64)
+start = left.number_input("First token", 0, max(T - 1, 0), 0, key="tok_rows_start") if T > max_rows else 0
+n_rows = min(max_rows, T - start)
+dims = right.slider("Dimensions shown", 8, d, min(d, charts.MAX_CELLS // max(n_rows, 1), 256), key="tok_dims")
+rows = trace.token_embeddings[start : start + n_rows, :dims]
+labels = [readable(p) for p in trace.pieces[start : start + n_rows]]
+st.altair_chart(
+    charts.heatmap(
+        rows,
+        labels,
+        [str(i) for i in range(dims)],
+        title=f"E[id] for each token (first {dims} of {d} dims)",
+        row_title="token",
+        col_title="dimension",
+        show_col_labels=dims <= 64,
+    ),
+    width="stretch",
+)
+check = float(np.abs(trace.token_embeddings - embeddings[trace.token_ids]).max())
+st.caption(
+    f"Check: max |trace's token vectors − E[ids]| = {check:.2e} (the model really looks up these rows)."
+)
+frame = pd.DataFrame(trace.token_embeddings, index=[f"{i}:{p}" for i, p in enumerate(trace.pieces)])
+st.download_button("Download all rows (CSV)", frame.to_csv().encode(), "token_embeddings.csv", "text/csv")
+
+# ---------------------------------------------------------------- neighbours
+st.subheader("Nearest tokens by cosine similarity")
+st.markdown(f"`cos(a, b) = a·b / (‖a‖ ‖b‖)` against every row of E, all {len(strings):,} of them.")
+left, right = st.columns([2, 1])
+position = left.selectbox(
+    "Token",
+    range(T),
+    format_func=lambda i: f"{i}: {readable(trace.pieces[i])}",
+    key="tok_choice",
+    index=min(3, T - 1),
+)
+k = right.slider("Neighbours", 3, 30, 10, key="tok_k")
+token_id = int(trace.token_ids[position])
+neighbours = nearest_tokens(unit_embeddings, token_id, strings, k=k)
+st.altair_chart(
+    charts.bars(
+        [n.text for n in neighbours],
+        [n.cosine for n in neighbours],
+        title=f"Closest rows to '{strings[token_id]}' (id {token_id})",
+        value_title="cosine",
+    ),
+    width="stretch",
+)
+
+# ---------------------------------------------------------------- 2-D map
+st.subheader("A 2-D map of the sentence among its neighbours")
+per_token = st.slider("Neighbours per token on the map", 0, 10, 4, key="tok_map_k")
+ids_for_map = list(dict.fromkeys(int(t) for t in trace.token_ids))[:40]
+points = neighbourhood_map(unit_embeddings, embeddings, ids_for_map, strings, per_token)
+st.altair_chart(
+    charts.token_map(
+        pd.DataFrame([p.__dict__ for p in points]),
+        title="First two principal components of the rows (bold: tokens of your text)",
+    ),
+    width="stretch",
+)
+st.caption(
+    f"PCA keeps the two directions along which these {len(points)} rows vary most; "
+    "points close here are often close in the full space too, but not always."
+    + (" Only the first 40 distinct tokens are mapped." if len(set(trace.token_ids.tolist())) > 40 else "")
+)

@@ -1,0 +1,210 @@
+"""Station 2: how position enters — GPT-2's learned table added to tokens, or rotary q/k rotations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import charts
+from core.positions import (
+    block_input_error,
+    cosine_matrix,
+    learned_position_table,
+    pair_angles,
+    rotary_offset_check,
+    rotary_table_error,
+    rotate,
+    sinusoidal,
+)
+from core.tokens import readable
+from ui import state
+
+st.title("2 · Positional encoding")
+st.markdown(
+    "**What happens.** Attention compares every token with every other, and on its own it ignores "
+    "order. So position is mixed in before or inside attention. GPT-2 looks up a learned **position "
+    "vector** `P[t]` and adds it: `input_t = E[id_t] + P[t]`. Llama-style models add nothing; they "
+    "**rotate** each query and key by an angle proportional to its position (RoPE). "
+    "**Why it matters.** Word order carries meaning, and with rotary positions the attention score "
+    "between two tokens depends only on how far apart they are."
+)
+
+loaded = state.require_model()
+trace = state.require_trace(loaded)
+info = loaded.info
+T, d = trace.token_embeddings.shape
+labels = [readable(p) for p in trace.pieces]
+
+error = block_input_error(trace)
+if trace.position_vectors is not None:
+    st.subheader("input = token embedding + position vector")
+    window = min(T, 48)
+    dims = st.slider("Dimensions shown", 8, d, min(d, 96), key="pos_dims")
+    show = slice(0, window)
+    cols = st.columns(3)
+    for col, (name, matrix) in zip(
+        cols,
+        [
+            ("token embedding E[id]", trace.token_embeddings),
+            ("+ position vector P[t]", trace.position_vectors),
+            ("= first block's input", trace.block_input),
+        ],
+        strict=True,
+    ):
+        col.altair_chart(
+            charts.heatmap(
+                matrix[show, :dims],
+                labels[show],
+                [str(i) for i in range(dims)],
+                title=name,
+                row_title="token",
+                col_title="dimension",
+                show_col_labels=False,
+            ),
+            width="stretch",
+        )
+    st.metric("Check: max |(E[id] + P[t]) − block input|", f"{error:.2e}")
+    if T > window:
+        st.caption(f"Showing the first {window} of {T} tokens.")
+
+    st.subheader("How alike are the position vectors?")
+    n_pos = st.slider("Positions", 8, min(info.max_positions, 256), 64, key="pos_n")
+    table = learned_position_table(loaded.model, n_pos)
+    left, right = st.columns(2)
+    left.altair_chart(
+        charts.heatmap(
+            cosine_matrix(table),
+            None,
+            None,
+            title="GPT-2 learned P: cosine(P[i], P[j])",
+            row_title="position i",
+            col_title="position j",
+            value_title="cosine",
+            show_col_labels=n_pos <= 32,
+        ),
+        width="stretch",
+    )
+    right.altair_chart(
+        charts.heatmap(
+            cosine_matrix(sinusoidal(n_pos, d)),
+            None,
+            None,
+            title="Sinusoidal encoding: cosine(PE[i], PE[j])",
+            row_title="position i",
+            col_title="position j",
+            value_title="cosine",
+            show_col_labels=n_pos <= 32,
+        ),
+        width="stretch",
+    )
+    st.caption(
+        "Nearby positions get similar vectors in both: the band along the diagonal. GPT-2 learned its "
+        "table from data; the sinusoidal one (`PE[t, 2i] = sin(t / 10000^(2i/d))`, "
+        "`PE[t, 2i+1] = cos(…)`) is fixed by formula."
+    )
+    left, right = st.columns(2)
+    n_dims = min(d, 64)
+    left.altair_chart(
+        charts.heatmap(
+            table[:, :n_dims],
+            None,
+            None,
+            title=f"Learned P (first {n_dims} dims)",
+            row_title="position",
+            col_title="dimension",
+            show_col_labels=False,
+        ),
+        width="stretch",
+    )
+    right.altair_chart(
+        charts.heatmap(
+            sinusoidal(n_pos, d)[:, :n_dims],
+            None,
+            None,
+            title=f"Sinusoidal PE (first {n_dims} dims)",
+            row_title="position",
+            col_title="dimension",
+            show_col_labels=False,
+        ),
+        width="stretch",
+    )
+else:
+    rot = trace.rotary
+    st.subheader("No position vector: the block input is the token embedding")
+    st.metric("Check: max |E[id] − block input|", f"{error:.2e}")
+    st.markdown(
+        "Instead, inside every attention layer each query and key head vector is cut into pairs "
+        f"`(x_i, x_(i+{rot.d_head // 2}))` and pair *i* is turned by the angle `t · θ^(−2i/d_head)` "
+        f"(θ = {rot.theta:g}). Fast pairs spin many times per token; slow ones barely move."
+    )
+    n_pos = st.slider("Positions", 8, 256, 64, key="rope_n")
+    angles = pair_angles(np.arange(n_pos), rot.inv_freq)
+    st.altair_chart(
+        charts.heatmap(
+            angles,
+            None,
+            None,
+            title="Rotation angle of each pair at each position (radians mod 2π)",
+            row_title="position",
+            col_title="pair i",
+            value_title="angle",
+            scheme="viridis",
+            domain_mid=None,
+            show_col_labels=False,
+        ),
+        width="stretch",
+    )
+    st.metric(
+        "Check: max |our RoPE(q before rotation) − the model's q| (all layers, heads, tokens)",
+        f"{rotary_table_error(trace):.2e}",
+    )
+
+    st.subheader("Only the distance counts")
+    left, mid, right = st.columns(3)
+    layer = left.slider("Layer", 0, info.n_layer - 1, 0, key="rope_layer")
+    head = mid.slider("Query head", 0, info.n_head - 1, 0, key="rope_head")
+    pair = right.slider("Pair i", 0, rot.d_head // 2 - 1, 0, key="rope_pair")
+    tok = st.selectbox(
+        "Token", range(T), format_func=lambda i: f"{i}: {labels[i]}", key="rope_tok", index=T - 1
+    )
+    q = trace.q_pre_rotary[layer, head, tok]
+    k = trace.k_pre_rotary[layer, trace.kv_head_of(head), 0]
+    half = rot.d_head // 2
+    circle = pd.DataFrame(
+        [
+            {
+                "position": t,
+                "x": rotate(q, t, rot.inv_freq)[pair],
+                "y": rotate(q, t, rot.inv_freq)[pair + half],
+            }
+            for t in range(min(n_pos, 64))
+        ]
+    )
+    st.altair_chart(
+        charts.path_2d(
+            circle, title=f"Pair {pair} of q for '{labels[tok]}' at positions 0–{len(circle) - 1}"
+        ),
+        width="stretch",
+    )
+    shifts = [0, 5, 17, 100]
+    pairs = [(m + s, n + s) for s in shifts for m, n in [(3, 1)]] + [(10, 0), (20, 0)]
+    check = rotary_offset_check(q, k, rot.inv_freq, pairs)
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "query position": [p[0] for p in check.pairs],
+                "key position": [p[1] for p in check.pairs],
+                "offset": check.offsets,
+                "rotated q · rotated k": check.dots,
+            }
+        ),
+        hide_index=True,
+    )
+    same = np.array(check.dots[: len(shifts)])
+    st.metric("Check: spread of q·k over pairs with offset 2", f"{same.max() - same.min():.2e}")
+    st.caption(
+        f"q is '{labels[tok]}'s query (layer {layer}, head {head}); k is the first token's key from the "
+        f"K/V head it shares (head {trace.kv_head_of(head)}). Moving both by the same amount leaves "
+        "q·k unchanged, while changing the distance changes it."
+    )

@@ -1,0 +1,22 @@
+"""Landing page: the map of the stations a vector passes through."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui.stations import STATIONS
+
+st.title("Vector Lab")
+st.markdown(
+    "A language model is a machine that moves **vectors**. Follow one: a piece of your text becomes a "
+    "row of numbers, gets a position, looks at the other tokens, is rewritten layer after layer, and "
+    "finally turns into a probability for every possible next token. Each station below opens one of "
+    "those places on the real model picked in the sidebar, and checks its formulas against the model's "
+    "own numbers."
+)
+for station in STATIONS:
+    with st.container(border=True):
+        st.page_link(station.page, label=f"**{station.number}. {station.title}**", icon=station.icon)
+        left, right = st.columns(2)
+        left.markdown(f"**What happens.** {station.what}")
+        right.markdown(f"**Why it matters.** {station.why}")

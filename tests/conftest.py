@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny real models built from configs (seeded), the bundled SmolLM2, temp dirs."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_and_isolated(tmp_path_factory):
+    """No test reaches the Hub; everything written goes to a temp data dir (the model cache is kept)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("VECTORLAB_DATA_DIR", str(tmp_path_factory.mktemp("vectorlab-data")))
+    yield
+
+
+def _tiny_gpt2():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from core.models import gpt2_tokenizer, wrap
+
+    torch.manual_seed(0)
+    tok = gpt2_tokenizer()
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    model = GPT2LMHeadModel(config)
+    return wrap(model, tok, spec="tiny-gpt2", name="tiny GPT-2")
+
+
+def _tiny_llama():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from core.models import gpt2_tokenizer, wrap
+
+    torch.manual_seed(0)
+    tok = gpt2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention: 2 query heads share each K/V head
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    return wrap(model, tok, spec="tiny-llama", name="tiny Llama")
+
+
+@pytest.fixture(scope="session")
+def _tiny_gpt2_master():
+    return _tiny_gpt2()
+
+
+@pytest.fixture(scope="session")
+def _tiny_llama_master():
+    return _tiny_llama()
+
+
+@pytest.fixture
+def tiny_gpt2(_tiny_gpt2_master):
+    """A fresh copy per test: a test may mutate its model without touching the others'."""
+    return copy.deepcopy(_tiny_gpt2_master)
+
+
+@pytest.fixture
+def tiny_llama(_tiny_llama_master):
+    return copy.deepcopy(_tiny_llama_master)
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def tiny_model(request, _tiny_gpt2_master, _tiny_llama_master):
+    """Both architecture families, one at a time."""
+    master = _tiny_gpt2_master if request.param == "gpt2" else _tiny_llama_master
+    return copy.deepcopy(master)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The bundled SmolLM2-135M-Instruct (converted once into the model cache). Read-only: do not train it."""
+    from core.models import BUNDLED, load_model
+
+    return load_model(BUNDLED)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, _tiny_gpt2_master):
+    """The tiny GPT-2 saved as a local model directory."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    _tiny_gpt2_master.model.save_pretrained(path, safe_serialization=True)
+    _tiny_gpt2_master.tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,1 @@
+"""Streamlit-aware helpers: cached loaders, session-state keys, and the shared sidebar."""

@@ -1,0 +1,77 @@
+"""The sidebar every page shares: pick the model, type the text, see what is loaded and why."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.errors import VectorLabError
+from core.models import SUGGESTED_SPECS
+from ui import state
+
+OTHER = "another model…"
+LABELS = {
+    "auto": "auto (GPT-2 if available, else bundled SmolLM2)",
+    "bundled-smollm2": "bundled SmolLM2-135M-Instruct (offline)",
+}
+
+
+def _apply_choice() -> None:
+    choice = st.session_state[state.MODEL_CHOICE]
+    if choice != OTHER:
+        st.session_state[state.MODEL_SPEC] = choice
+
+
+def _apply_custom() -> None:
+    custom = st.session_state.get(state.MODEL_CUSTOM, "").strip()
+    if custom:
+        st.session_state[state.MODEL_SPEC] = custom
+
+
+def render_sidebar() -> None:
+    state.init_state()
+    spec = st.session_state[state.MODEL_SPEC]
+    options = list(SUGGESTED_SPECS) + [OTHER]
+    st.session_state.setdefault(state.MODEL_CHOICE, spec if spec in SUGGESTED_SPECS else OTHER)
+    if spec not in SUGGESTED_SPECS:
+        st.session_state.setdefault(state.MODEL_CUSTOM, spec)
+    with st.sidebar:
+        st.markdown("### Model")
+        st.selectbox(
+            "Model",
+            options,
+            key=state.MODEL_CHOICE,
+            format_func=lambda o: LABELS.get(o, o),
+            on_change=_apply_choice,
+            label_visibility="collapsed",
+        )
+        if st.session_state[state.MODEL_CHOICE] == OTHER:
+            st.text_input(
+                "Hub id or local directory",
+                key=state.MODEL_CUSTOM,
+                on_change=_apply_custom,
+                placeholder="gpt2-medium or /path/to/saved/model",
+                help="Press Enter to load. A directory must hold config.json and model.safetensors.",
+            )
+        st.markdown("### Text")
+        st.text_area(
+            "The text every model page traces",
+            key=state.TEXT,
+            height=110,
+            max_chars=state.MAX_TEXT_CHARS,
+            help="Up to 512 tokens are traced; longer text is cut with a note.",
+        )
+        try:
+            loaded = state.load_current_model()
+        except VectorLabError as e:
+            st.error(str(e))
+            return
+        info = loaded.info
+        st.markdown(f"**{info.name}**")
+        st.caption(info.reason)
+        cols = st.columns(2)
+        cols[0].metric("Parameters", f"{info.n_params / 1e6:.0f} M")
+        cols[1].metric("Layers", info.n_layer)
+        heads = f"{info.n_head}" if info.n_kv_head == info.n_head else f"{info.n_head} ({info.n_kv_head} K/V)"
+        cols[0].metric("Heads", heads)
+        cols[1].metric("Width d", info.d_model)
+        st.caption(f"Positions: {info.position_scheme} · vocabulary {info.vocab_size:,}")

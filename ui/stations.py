@@ -1,0 +1,39 @@
+"""The stations the app has built, in the order a vector travels; app.py and the landing page read this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Station:
+    number: int
+    title: str
+    page: str  # file under pages/
+    icon: str
+    what: str  # what happens here
+    why: str  # why it matters
+
+
+STATIONS = (
+    Station(
+        1,
+        "Tokens & embeddings",
+        "pages/1_tokens.py",
+        ":material/text_fields:",
+        "The text is cut into BPE pieces; each piece's id picks one row of the embedding matrix — "
+        "a vector of a few hundred numbers that stands for that token.",
+        "Everything the model knows about a word starts as this row. Tokens with similar use end up "
+        "with similar rows, which you can see as neighbours by cosine similarity.",
+    ),
+    Station(
+        2,
+        "Positional encoding",
+        "pages/2_positions.py",
+        ":material/format_list_numbered:",
+        "Attention alone cannot tell word order, so position is mixed in: GPT-2 adds a learned "
+        "position vector to every token vector; Llama-style models rotate queries and keys instead.",
+        "Without it, 'dog bites man' and 'man bites dog' would look identical to the model. "
+        "Rotary positions make attention depend on how far apart two tokens are, not where they are.",
+    ),
+)
