@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui.sidebar import render_sidebar
 from ui.stations import STATIONS
 
 st.set_page_config(page_title="Vector Lab", page_icon=":material/scatter_plot:", layout="wide")
@@ -12,6 +11,6 @@ st.set_page_config(page_title="Vector Lab", page_icon=":material/scatter_plot:",
 pages = [st.Page("pages/home.py", title="Overview", icon=":material/map:", default=True)] + [
     st.Page(s.page, title=f"{s.number}. {s.title}", icon=s.icon) for s in STATIONS
 ]
+# Each page draws the shared sidebar itself (ui.sidebar), so it also works when opened alone.
 navigation = st.navigation(pages)
-render_sidebar()
 navigation.run()

@@ -198,7 +198,9 @@ def _pdf_text(name: str, data: bytes) -> str:
     except InputError:
         raise
     except Exception as e:  # pypdf raises many types for broken files; all mean "cannot read"
-        raise InputError(f"'{name}' could not be read as a PDF ({_reason(e)}); the file may be damaged.") from e
+        raise InputError(
+            f"'{name}' could not be read as a PDF ({_reason(e)}); the file may be damaged."
+        ) from e
     return "\n\n".join(page.strip() for page in pages if page.strip())
 
 
@@ -334,7 +336,8 @@ class ChunkPreview:
 def preview_chunks(document: Document, chunker: Chunker, max_rows: int = 50) -> ChunkPreview:
     """Chunk `document` and summarise the result for display."""
     chunks = chunker.chunk(document)
-    overlaps = [0] + [max(0, prev.char_end - cur.char_start) for prev, cur in zip(chunks, chunks[1:])]
+    pairs = zip(chunks, chunks[1:], strict=False)
+    overlaps = [0] + [max(0, prev.char_end - cur.char_start) for prev, cur in pairs]
     return ChunkPreview(
         doc_name=document.name,
         n_chunks=len(chunks),

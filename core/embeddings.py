@@ -293,8 +293,9 @@ def kmeans(
     best: Clustering | None = None
     for _ in range(n_init):
         centroids = _kmeans_plus_plus(x, k, rng)
-        labels = np.zeros(n, dtype=int)
-        for it in range(1, max_iter + 1):
+        iterations = 0
+        for _ in range(max_iter):
+            iterations += 1
             d2 = _squared_distances(x, centroids)  # [N, k]
             labels = d2.argmin(axis=1)
             new = centroids.copy()
@@ -313,7 +314,7 @@ def kmeans(
         labels = d2.argmin(axis=1)
         inertia = float(d2[np.arange(n), labels].sum())
         if best is None or inertia < best.inertia - 1e-12:
-            best = Clustering(labels=labels, centroids=centroids, inertia=inertia, n_iter=it)
+            best = Clustering(labels=labels, centroids=centroids, inertia=inertia, n_iter=iterations)
     assert best is not None
     return best
 

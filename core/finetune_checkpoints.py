@@ -89,6 +89,7 @@ def save_checkpoint(
     """
     parent = checkpoints_dir(root)
     target = parent / check_name(name)
+    _recover(parent)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     settings = {**settings, "created": created}
     tmp = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{name}.tmp-", dir=parent))
@@ -119,14 +120,29 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     if target.exists():
         retired = target.with_name(f"{_SCRATCH_PREFIX}{target.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(target, retired)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if retired is not None:
+            os.replace(retired, target)  # put the previous checkpoint back
+        raise
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def _recover(parent: Path) -> None:
+    """Bring back a checkpoint whose replacement crashed between the two renames of a save."""
+    for retired in parent.glob(f"{_SCRATCH_PREFIX}*.old-*"):
+        name = retired.name[len(_SCRATCH_PREFIX) :].rsplit(".old-", 1)[0]
+        target = parent / name
+        if not target.exists() and is_checkpoint(retired):
+            log.warning("restoring checkpoint %s after an interrupted save", name)
+            os.replace(retired, target)
+
+
 def _remove_scratch(parent: Path, name: str) -> None:
     """Delete temp/retired directories left by earlier crashed saves of `name`."""
-    for kind in ("tmp", "old"):
+    for kind in ("tmp", "old", "del"):
         for leftover in parent.glob(f"{_SCRATCH_PREFIX}{name}.{kind}-*"):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -152,6 +168,7 @@ def is_checkpoint(path: Path) -> bool:
 def list_checkpoints(root: Path | None = None) -> list[CheckpointInfo]:
     """Every complete checkpoint, newest first; half-written and scratch directories are skipped."""
     parent = checkpoints_dir(root)
+    _recover(parent)
     found = []
     for path in parent.iterdir():
         if path.name.startswith(_SCRATCH_PREFIX) or not is_checkpoint(path):
@@ -168,7 +185,9 @@ def resolve_checkpoint(name_or_path: str | Path, root: Path | None = None) -> Pa
     """The directory of a checkpoint given by name or path; ModelLoadError if it is not complete."""
     candidate = Path(name_or_path)
     if not candidate.is_dir():
-        candidate = checkpoints_dir(root) / str(name_or_path)
+        parent = checkpoints_dir(root)
+        _recover(parent)
+        candidate = parent / str(name_or_path)
     if not is_checkpoint(candidate):
         raise ModelLoadError(
             f"No complete checkpoint at {candidate}: it needs {', '.join(REQUIRED_FILES)}. "
@@ -200,6 +219,7 @@ def delete_checkpoint(name: str, root: Path | None = None) -> None:
     target = checkpoints_dir(root) / check_name(name)
     if not target.exists():
         raise InputError(f"There is no checkpoint called {name!r}.")
-    retired = target.with_name(f"{_SCRATCH_PREFIX}{name}.old-{uuid.uuid4().hex[:8]}")
+    # ".del-", not ".old-": a crash mid-delete must not be "recovered" into a half-deleted checkpoint.
+    retired = target.with_name(f"{_SCRATCH_PREFIX}{name}.del-{uuid.uuid4().hex[:8]}")
     os.replace(target, retired)
     shutil.rmtree(retired, ignore_errors=True)

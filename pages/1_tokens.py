@@ -9,6 +9,7 @@ import streamlit as st
 from core import charts
 from core.tokens import nearest_tokens, neighbourhood_map, pieces_html, readable, tokenize_plain
 from ui import state
+from ui.sidebar import render_sidebar
 
 st.title("1 · Tokens & token embeddings")
 st.markdown(
@@ -18,6 +19,7 @@ st.markdown(
     "alike end up with rows pointing the same way, so cosine similarity finds related tokens."
 )
 
+render_sidebar()
 loaded = state.require_model()
 trace = state.require_trace(loaded)
 info = loaded.info

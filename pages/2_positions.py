@@ -19,6 +19,7 @@ from core.positions import (
 )
 from core.tokens import readable
 from ui import state
+from ui.sidebar import render_sidebar
 
 st.title("2 · Positional encoding")
 st.markdown(
@@ -30,6 +31,7 @@ st.markdown(
     "between two tokens depends only on how far apart they are."
 )
 
+render_sidebar()
 loaded = state.require_model()
 trace = state.require_trace(loaded)
 info = loaded.info

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
+from ui.sidebar import render_sidebar
 from ui.stations import STATIONS
 
+render_sidebar()
 st.title("Vector Lab")
 st.markdown(
     "A language model is a machine that moves **vectors**. Follow one: a piece of your text becomes a "
@@ -16,7 +19,11 @@ st.markdown(
 )
 for station in STATIONS:
     with st.container(border=True):
-        st.page_link(station.page, label=f"**{station.number}. {station.title}**", icon=station.icon)
+        label = f"**{station.number}. {station.title}**"
+        try:
+            st.page_link(station.page, label=label, icon=station.icon)
+        except StreamlitAPIException:  # opened on its own, without app.py's navigation
+            st.markdown(label)
         left, right = st.columns(2)
         left.markdown(f"**What happens.** {station.what}")
         right.markdown(f"**Why it matters.** {station.why}")

@@ -17,6 +17,7 @@ LABELS = {
 
 def _apply_choice() -> None:
     choice = st.session_state[state.MODEL_CHOICE]
+    st.session_state[state.MODEL_OTHER] = choice == OTHER
     if choice != OTHER:
         st.session_state[state.MODEL_SPEC] = choice
 
@@ -27,24 +28,30 @@ def _apply_custom() -> None:
         st.session_state[state.MODEL_SPEC] = custom
 
 
+def _apply_text() -> None:
+    st.session_state[state.TEXT] = st.session_state[state.TEXT_WIDGET]
+
+
 def render_sidebar() -> None:
+    """Draw the model picker, the shared text box and the loaded model's card."""
     state.init_state()
     spec = st.session_state[state.MODEL_SPEC]
-    options = list(SUGGESTED_SPECS) + [OTHER]
-    st.session_state.setdefault(state.MODEL_CHOICE, spec if spec in SUGGESTED_SPECS else OTHER)
-    if spec not in SUGGESTED_SPECS:
-        st.session_state.setdefault(state.MODEL_CUSTOM, spec)
+    other = st.session_state[state.MODEL_OTHER] or spec not in SUGGESTED_SPECS
+    # Widgets are re-seeded from the plain keys on every page (see ui.state).
+    st.session_state[state.MODEL_CHOICE] = OTHER if other else spec
+    st.session_state[state.MODEL_CUSTOM] = "" if spec in SUGGESTED_SPECS else spec
+    st.session_state[state.TEXT_WIDGET] = st.session_state[state.TEXT]
     with st.sidebar:
         st.markdown("### Model")
         st.selectbox(
             "Model",
-            options,
+            list(SUGGESTED_SPECS) + [OTHER],
             key=state.MODEL_CHOICE,
             format_func=lambda o: LABELS.get(o, o),
             on_change=_apply_choice,
             label_visibility="collapsed",
         )
-        if st.session_state[state.MODEL_CHOICE] == OTHER:
+        if other:
             st.text_input(
                 "Hub id or local directory",
                 key=state.MODEL_CUSTOM,
@@ -55,7 +62,8 @@ def render_sidebar() -> None:
         st.markdown("### Text")
         st.text_area(
             "The text every model page traces",
-            key=state.TEXT,
+            key=state.TEXT_WIDGET,
+            on_change=_apply_text,
             height=110,
             max_chars=state.MAX_TEXT_CHARS,
             help="Up to 512 tokens are traced; longer text is cut with a note.",

@@ -10,11 +10,15 @@ import streamlit as st
 
 from core.errors import VectorLabError
 
-# Session-state keys shared by every page.
+# Session-state keys shared by every page. The values live under plain keys; widgets get their own
+# keys and copy into these on change, because Streamlit drops a widget's state on pages that do not
+# draw it.
 MODEL_SPEC = "vl_model_spec"  # what the user picked: "auto", a Hub id, a directory
-MODEL_CHOICE = "vl_model_choice"  # the picker's selected option
-MODEL_CUSTOM = "vl_model_custom"  # free text for "another model…"
+MODEL_OTHER = "vl_model_other"  # True while the picker is on "another model…"
 TEXT = "vl_text"  # the text every model page traces
+MODEL_CHOICE = "vl_model_choice_widget"  # the picker's selectbox
+MODEL_CUSTOM = "vl_model_custom_widget"  # free text box for "another model…"
+TEXT_WIDGET = "vl_text_widget"  # the sidebar's text area
 
 DEFAULT_TEXT = "The capital of France is Paris, and the capital of Italy is"
 MAX_TEXT_CHARS = 20_000  # longer pasted text is cut (the trace keeps 512 tokens anyway)
@@ -28,6 +32,7 @@ def init_state() -> None:
     """Fill in defaults once per browser session."""
     st.session_state.setdefault(MODEL_SPEC, default_spec())
     st.session_state.setdefault(TEXT, DEFAULT_TEXT)
+    st.session_state.setdefault(MODEL_OTHER, False)
 
 
 def current_text() -> str:

@@ -1,0 +1,119 @@
+"""Altair charts for the Embeddings and Search stations: similarity heatmap, labelled 2-D scatter
+coloured by cluster, and the chunk map with the query on it. Pure specs; pages only render them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from core.errors import InputError
+from core.search import EmbeddingMap
+
+
+def _short(text: str, width: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def similarity_heatmap(
+    matrix: np.ndarray, labels: Sequence[str], title: str = "Cosine similarity"
+) -> alt.Chart:
+    """[N, N] similarity matrix as a heatmap with the value written in each cell."""
+    matrix = np.asarray(matrix)
+    n = len(labels)
+    if matrix.shape != (n, n):
+        raise InputError(f"The similarity matrix is {matrix.shape} but there are {n} labels.")
+    names = [f"{i + 1}. {_short(label, 30)}" for i, label in enumerate(labels)]
+    frame = pd.DataFrame(
+        [
+            {"row": names[i], "col": names[j], "similarity": float(matrix[i, j])}
+            for i in range(n)
+            for j in range(n)
+        ]
+    )
+    base = alt.Chart(frame, title=title).encode(
+        x=alt.X("col:N", sort=names, title=None, axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y("row:N", sort=names, title=None),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color("similarity:Q", scale=alt.Scale(scheme="viridis", domain=[-1, 1])),
+        tooltip=["row", "col", alt.Tooltip("similarity:Q", format=".3f")],
+    )
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.Text("similarity:Q", format=".2f"),
+        color=alt.condition(alt.datum.similarity > 0.5, alt.value("black"), alt.value("white")),
+    )
+    return (cells + text).properties(width=max(200, 40 * n), height=max(200, 40 * n))
+
+
+def embedding_scatter(
+    coords: np.ndarray,
+    labels: Sequence[str],
+    groups: Sequence[int | str] | None = None,
+    group_title: str = "cluster",
+    title: str = "Sentences on a 2-D PCA map",
+) -> alt.Chart:
+    """Points [N, 2] labelled with their text, coloured by `groups` (e.g. k-means cluster ids)."""
+    coords = np.asarray(coords)
+    if coords.shape != (len(labels), 2):
+        raise InputError(f"Expected {len(labels)} points of 2 coordinates, got an array of {coords.shape}.")
+    if groups is not None and len(groups) != len(labels):
+        raise InputError(f"Got {len(groups)} group ids for {len(labels)} points.")
+    frame = pd.DataFrame(
+        {
+            "x": coords[:, 0],
+            "y": coords[:, 1],
+            "text": list(labels),
+            "label": [_short(t) for t in labels],
+            group_title: [str(g) for g in groups] if groups is not None else ["all"] * len(labels),
+        }
+    )
+    base = alt.Chart(frame, title=title).encode(x=alt.X("x:Q", title="PC 1"), y=alt.Y("y:Q", title="PC 2"))
+    points = base.mark_circle(size=90, opacity=0.85).encode(
+        color=alt.Color(f"{group_title}:N", title=group_title), tooltip=["text", f"{group_title}:N"]
+    )
+    names = base.mark_text(align="left", dx=7, dy=-4, fontSize=11).encode(text="label:N")
+    return (points + names).interactive()
+
+
+def search_map_chart(embedding_map: EmbeddingMap, highlight_ids: Sequence[int] = ()) -> alt.Chart:
+    """Every chunk coloured by document, the query as a red star, retrieved chunks ringed.
+
+    `highlight_ids` are positions in the map's rows (e.g. the hits' rows)."""
+    m = embedding_map
+    frame = pd.DataFrame(
+        {
+            "x": m.coords[:, 0],
+            "y": m.coords[:, 1],
+            "document": m.doc_names,
+            "chunk": m.chunk_indices,
+            "text": [_short(t, 120) for t in m.texts],
+            "retrieved": [i in set(highlight_ids) for i in range(len(m.texts))],
+        }
+    )
+    evr = m.projection.explained_variance_ratio
+    x_title, y_title = f"PC 1 ({evr[0]:.0%} of variance)", f"PC 2 ({evr[1]:.0%})"
+    chunks = (
+        alt.Chart(frame, title="Chunks on a 2-D PCA map")
+        .mark_circle(size=60, opacity=0.7)
+        .encode(
+            x=alt.X("x:Q", title=x_title),
+            y=alt.Y("y:Q", title=y_title),
+            color=alt.Color("document:N"),
+            stroke=alt.condition(alt.datum.retrieved, alt.value("black"), alt.value(None)),
+            strokeWidth=alt.condition(alt.datum.retrieved, alt.value(2), alt.value(0)),
+            tooltip=["document", "chunk", "text"],
+        )
+    )
+    if m.query_coords is None:
+        return chunks.interactive()
+    query = pd.DataFrame({"x": [m.query_coords[0]], "y": [m.query_coords[1]], "text": [m.query or ""]})
+    star = (
+        alt.Chart(query)
+        .mark_point(shape="diamond", size=250, filled=True, color="red")
+        .encode(x="x:Q", y="y:Q", tooltip=alt.Tooltip("text:N", title="query"))
+    )
+    return (chunks + star).interactive()

@@ -1,0 +1,145 @@
+"""Retrieval-augmented generation: a prompt that numbers the retrieved chunks as sources [1], [2], ...
+and a greedy answer from a Hugging Face causal LM that cites them."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import InputError
+from core.search import Hit
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = (
+    "Answer the question using only the numbered sources. Cite the sources you use like [1] or [2]. "
+    "If the sources do not contain the answer, say that you do not know."
+)
+
+
+@dataclass
+class RagSettings:
+    """How the prompt is built and the answer generated."""
+
+    max_new_tokens: int = 128  # tokens generated after the prompt (greedy, no sampling)
+    max_chars_per_source: int = 1200  # longer chunks are cut so the prompt fits a small model
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= 2048:
+            raise ValueError(
+                f"max_new_tokens must be between 1 and 2048, got {self.max_new_tokens}; try 128."
+            )
+        if self.max_chars_per_source < 50:
+            raise ValueError(
+                f"max_chars_per_source must be at least 50, got {self.max_chars_per_source}; try 1200."
+            )
+
+
+@dataclass(frozen=True)
+class RagPrompt:
+    """The prompt in both shapes: chat messages and one plain string."""
+
+    system: str
+    user: str  # the numbered sources followed by the question
+    sources: list[Hit]  # source [i] is sources[i - 1]
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user}]
+
+    @property
+    def plain(self) -> str:
+        """For models without a chat template."""
+        return f"{self.system}\n\n{self.user}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class RagAnswer:
+    answer: str  # generated text only, without the prompt
+    prompt_text: str  # exactly what the model read (after the chat template, if any)
+    sources: list[Hit]  # the hits given to the model, numbered from 1
+    cited: list[int]  # source numbers the answer mentions, e.g. [1, 3]; only ones that exist
+    n_prompt_tokens: int
+    used_chat_template: bool
+
+
+def build_rag_prompt(question: str, hits: Sequence[Hit], settings: RagSettings | None = None) -> RagPrompt:
+    """Number the hits as sources [1]..[n] (with doc name and chunk) above the question."""
+    settings = settings or RagSettings()
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("Type a question to answer.")
+    if not hits:
+        raise InputError("There are no sources to answer from; index documents and search first.")
+    blocks = []
+    for i, hit in enumerate(hits, start=1):
+        text = hit.text.strip()
+        if len(text) > settings.max_chars_per_source:
+            text = text[: settings.max_chars_per_source].rstrip() + " ..."
+        blocks.append(f"[{i}] ({hit.doc_name}, chunk {hit.chunk_index})\n{text}")
+    user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question.strip()}"
+    return RagPrompt(system=SYSTEM_PROMPT, user=user, sources=list(hits))
+
+
+def cited_sources(answer: str, n_sources: int) -> list[int]:
+    """Source numbers cited in `answer` as [k] (also [1, 2] or [1][2]), in order, only 1..n_sources."""
+    found: list[int] = []
+    for group in re.findall(r"\[([\d,\s]+)\]", answer):
+        for number in re.findall(r"\d+", group):
+            k = int(number)
+            if 1 <= k <= n_sources and k not in found:
+                found.append(k)
+    return found
+
+
+def answer_with_lm(
+    model: Any,
+    tokenizer: Any,
+    question: str,
+    hits: Sequence[Hit],
+    settings: RagSettings | None = None,
+) -> RagAnswer:
+    """Ask a causal LM the question over the hits, greedily, and return its answer and sources.
+
+    Uses the tokenizer's chat template when it has one, else the plain prompt."""
+    import torch
+
+    settings = settings or RagSettings()
+    prompt = build_rag_prompt(question, hits, settings)
+    use_chat = bool(getattr(tokenizer, "chat_template", None))
+    if use_chat:
+        text = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+        input_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    else:
+        text = prompt.plain
+        input_ids = tokenizer(text, return_tensors="pt")["input_ids"]  # [1, T]
+    n_prompt = int(input_ids.shape[1])
+    config = model.config
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if context and n_prompt + settings.max_new_tokens > context:
+        raise InputError(
+            f"The prompt is {n_prompt} tokens and {settings.max_new_tokens} more are to be generated, "
+            f"but the model reads at most {context}; use fewer sources, shorter chunks or fewer new tokens."
+        )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=torch.ones_like(input_ids).to(device),
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )  # [1, T + new]
+    answer = tokenizer.decode(output[0, n_prompt:], skip_special_tokens=True).strip()
+    log.info("RAG answer: %d prompt tokens, %d new", n_prompt, output.shape[1] - n_prompt)
+    return RagAnswer(
+        answer=answer,
+        prompt_text=text,
+        sources=list(hits),
+        cited=cited_sources(answer, len(hits)),
+        n_prompt_tokens=n_prompt,
+        used_chat_template=use_chat,
+    )

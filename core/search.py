@@ -1,0 +1,594 @@
+"""Vector search over uploaded documents with Chroma: the client factory, our registered embedding
+function, `DocumentIndex` (dedup, batch indexing with progress, list/inspect/delete, top-k query) and
+the cosine / dot / L2 comparison the search page teaches with."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import chromadb
+import numpy as np
+from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
+from chromadb.config import Settings
+from chromadb.utils.embedding_functions import register_embedding_function
+
+from core.documents import (
+    Chunk,
+    Chunker,
+    ChunkSettings,
+    Document,
+    FileError,
+    ParseSettings,
+    parse_files,
+)
+from core.embeddings import MINILM_NAME, Embedder, Projection2D, load_sentence_embedder, pca_2d
+from core.errors import InputError, VectorLabError
+from core.paths import data_dir
+
+log = logging.getLogger(__name__)
+
+CHROMA_HOST_ENV = "CHROMA_HOST"  # set (and/or CHROMA_PORT) to use a Chroma server instead of local files
+CHROMA_PORT_ENV = "CHROMA_PORT"
+EMBEDDING_FUNCTION_NAME = "vectorlab-minilm"
+_COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+
+ProgressCallback = Callable[[int, int], None]  # on_progress(done, total), in chunks
+
+
+# --- Chroma plumbing ------------------------------------------------------------------------------
+
+
+@register_embedding_function
+class VectorLabEmbeddingFunction(EmbeddingFunction[Documents]):
+    """Chroma's view of our encoder. Always passed to collections: Chroma's default would download
+    a model at run time. Rebuilt from its config (bundled MiniLM, loaded lazily) when Chroma asks."""
+
+    def __init__(self, embedder: Embedder | None = None) -> None:
+        self._embedder = embedder
+        self._model = embedder.name if embedder is not None else MINILM_NAME
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = load_sentence_embedder()
+        return self._embedder
+
+    def __call__(self, input: Documents) -> Embeddings:
+        return list(self.embedder.encode(list(input)))
+
+    @staticmethod
+    def name() -> str:
+        return EMBEDDING_FUNCTION_NAME
+
+    def get_config(self) -> dict[str, Any]:
+        return {"model": self._model}
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> VectorLabEmbeddingFunction:
+        VectorLabEmbeddingFunction.validate_config(config)
+        return VectorLabEmbeddingFunction()
+
+    @staticmethod
+    def validate_config(config: dict[str, Any]) -> None:
+        if config.get("model", MINILM_NAME) != MINILM_NAME:
+            raise ValueError(
+                f"{EMBEDDING_FUNCTION_NAME} can only rebuild {MINILM_NAME}, not {config.get('model')!r}; "
+                "pass the embedder explicitly."
+            )
+
+    def default_space(self) -> str:  # type: ignore[override]
+        return "cosine"
+
+    def supported_spaces(self) -> list[str]:  # type: ignore[override]
+        return ["cosine", "ip", "l2"]
+
+
+def make_client(path: str | Path | None = None) -> Any:
+    """A Chroma client: embedded at `path` if given; else a server if CHROMA_HOST/CHROMA_PORT are set;
+    else embedded under `data_dir()/chroma`. Telemetry is off."""
+    settings = Settings(anonymized_telemetry=False)
+    host = os.environ.get(CHROMA_HOST_ENV, "").strip()
+    port_text = os.environ.get(CHROMA_PORT_ENV, "").strip()
+    if path is None and (host or port_text):
+        try:
+            port = int(port_text or 8000)
+        except ValueError:
+            raise InputError(f"{CHROMA_PORT_ENV} must be a port number, got {port_text!r}.") from None
+        host = host or "localhost"
+        try:
+            client = chromadb.HttpClient(host=host, port=port, settings=settings)
+            client.heartbeat()
+        except Exception as e:
+            raise InputError(
+                f"Could not reach the Chroma server at {host}:{port} ({e}). Start it with `chroma run "
+                f"--port {port}`, or unset {CHROMA_HOST_ENV}/{CHROMA_PORT_ENV} to use local files."
+            ) from e
+        log.info("Using the Chroma server at %s:%d", host, port)
+        return client
+    folder = Path(path) if path is not None else data_dir() / "chroma"
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("Using the local Chroma database in %s", folder)
+    return chromadb.PersistentClient(path=str(folder), settings=settings)
+
+
+def close_client(client: Any) -> None:
+    """Release a client's files and connections (safe to call twice)."""
+    close = getattr(client, "close", None)
+    if callable(close):
+        close()
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+@dataclass
+class IndexSettings:
+    """Which collection a DocumentIndex uses and how it fills it."""
+
+    collection: str = "documents"  # Chroma collection: 3-512 chars of a-z A-Z 0-9 . _ -
+    batch_size: int = 64  # chunks embedded and added per Chroma call; progress ticks once per batch
+    chunk: ChunkSettings = field(default_factory=ChunkSettings)  # how documents are cut
+
+    def __post_init__(self) -> None:
+        if not _COLLECTION_NAME.match(self.collection):
+            raise ValueError(
+                f"collection {self.collection!r} is not a valid Chroma name: use 3-512 letters, digits, "
+                "'.', '_' or '-', starting and ending with a letter or digit."
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}; try 64.")
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One indexed document, as listed on the page."""
+
+    name: str
+    content_hash: str
+    kind: str
+    n_chunks: int
+    n_chars: int
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """An upload skipped because the same text is already indexed (possibly under another name)."""
+
+    name: str
+    existing_name: str
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What one upload did to the index."""
+
+    added: list[DocumentInfo] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    errors: list[FileError] = field(default_factory=list)  # files rejected while parsing
+
+    @property
+    def n_chunks(self) -> int:
+        return sum(d.n_chunks for d in self.added)
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    n_chunks: int
+    embedder: str  # the encoder that filled it ("?" if not made by Vector Lab)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk. Chroma ranks by cosine; dot and L2 are the same pair re-scored for teaching."""
+
+    rank: int  # 1 = best
+    id: str
+    doc_name: str
+    doc_hash: str
+    chunk_index: int
+    char_start: int
+    char_end: int
+    text: str
+    cosine: float  # 1 - Chroma's cosine distance; higher is closer
+    dot: float  # query · chunk; equals cosine for unit vectors
+    l2: float  # ||query - chunk||; sqrt(2 - 2·cosine) for unit vectors; lower is closer
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    query: str
+    query_embedding: np.ndarray  # [d]
+    hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class ChunkVectors:
+    """Every chunk in a collection with its stored embedding."""
+
+    ids: list[str]
+    embeddings: np.ndarray  # [N, d]
+    doc_names: list[str]
+    chunk_indices: list[int]
+    texts: list[str]
+
+
+@dataclass(frozen=True)
+class EmbeddingMap:
+    """Chunks (and optionally a query) on a 2-D PCA map of the collection."""
+
+    coords: np.ndarray  # [N, 2], one row per chunk
+    doc_names: list[str]
+    chunk_indices: list[int]
+    texts: list[str]
+    projection: Projection2D  # fitted on the chunks only
+    query: str | None = None
+    query_coords: np.ndarray | None = None  # [2]
+
+
+@dataclass(frozen=True)
+class MetricRankings:
+    """Order of the same candidates under each metric (indices into the candidates, best first)."""
+
+    cosine: list[int]
+    dot: list[int]
+    l2: list[int]
+
+    @property
+    def agree(self) -> bool:
+        return self.cosine == self.dot == self.l2
+
+
+def rank_under_metrics(query: np.ndarray, vectors: np.ndarray, decimals: int = 6) -> MetricRankings:
+    """Rank candidate vectors [K, d] for a query [d] by cosine (desc), dot (desc) and L2 (asc).
+
+    Scores are rounded to `decimals` so float noise between equal scores does not count as a
+    disagreement; ties keep the candidates' original order."""
+    q = np.asarray(query, dtype=np.float64)
+    v = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+    dot = v @ q  # [K]
+    norms = np.linalg.norm(v, axis=1) * np.linalg.norm(q)
+    cosine = dot / np.where(norms == 0, 1.0, norms)  # [K]
+    l2 = np.linalg.norm(v - q, axis=1)  # [K]
+
+    def order(scores: np.ndarray) -> list[int]:
+        return [int(i) for i in np.argsort(np.round(scores, decimals), kind="stable")]
+
+    return MetricRankings(cosine=order(-cosine), dot=order(-dot), l2=order(l2))
+
+
+def hits_rankings(hits: Sequence[Hit], decimals: int = 6) -> MetricRankings:
+    """Orders of `hits` (indices into the list) under each metric, from the scores they carry."""
+
+    def order(scores: list[float]) -> list[int]:
+        return [int(i) for i in np.argsort(np.round(scores, decimals), kind="stable")]
+
+    return MetricRankings(
+        cosine=order([-h.cosine for h in hits]),
+        dot=order([-h.dot for h in hits]),
+        l2=order([h.l2 for h in hits]),
+    )
+
+
+def rankings_agree(hits: Sequence[Hit]) -> bool:
+    """True when cosine, dot product and L2 distance put `hits` in the same order."""
+    return hits_rankings(hits).agree
+
+
+# --- the index ------------------------------------------------------------------------------------
+
+
+class DocumentIndex:
+    """Documents chunked, embedded and stored in one Chroma collection (cosine space).
+
+    `client` comes from `make_client`; `embedder` is a `SentenceEmbedder` (its tokenizer sizes chunks)
+    or any `Embedder` together with an explicit `chunker`."""
+
+    def __init__(
+        self,
+        client: Any,
+        embedder: Embedder,
+        settings: IndexSettings | None = None,
+        chunker: Chunker | None = None,
+    ) -> None:
+        self.client = client
+        self.embedder = embedder
+        self.settings = settings or IndexSettings()
+        limit = getattr(embedder, "max_tokens", None)
+        if limit is not None and self.settings.chunk.max_tokens > limit:
+            raise ValueError(
+                f"chunk max_tokens ({self.settings.chunk.max_tokens}) is more than {embedder.name} reads "
+                f"({limit}); lower it to at most {limit}."
+            )
+        if chunker is None:
+            if not hasattr(embedder, "tokenizer") or not callable(embedder.tokenizer):
+                raise ValueError("This embedder has no tokenizer() for chunking; pass chunker= explicitly.")
+            chunker = Chunker(embedder.tokenizer(), self.settings.chunk)
+        self.chunker = chunker
+        self.embedding_function = VectorLabEmbeddingFunction(embedder)
+        self.collection = self._open_collection(self.settings.collection)
+
+    @property
+    def name(self) -> str:
+        return self.settings.collection
+
+    def _open_collection(self, name: str) -> Any:
+        try:
+            collection = self.client.get_or_create_collection(
+                name,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={"embedder": self.embedder.name, "dimension": int(self.embedder.dimension)},
+                embedding_function=self.embedding_function,
+            )
+        except ValueError as e:  # Chroma: the collection was made with another embedding function
+            raise InputError(f"Collection '{name}' cannot be opened with {self.embedder.name}: {e}") from e
+        metadata = collection.metadata or {}
+        if metadata.get("embedder", self.embedder.name) != self.embedder.name or int(
+            metadata.get("dimension", self.embedder.dimension)
+        ) != int(self.embedder.dimension):
+            raise InputError(
+                f"Collection '{name}' holds {metadata.get('dimension')}-d vectors from "
+                f"{metadata.get('embedder')}, not {self.embedder.name}; choose another collection name."
+            )
+        space = (collection.configuration or {}).get("hnsw", {}) or {}
+        if space.get("space", "cosine") != "cosine":
+            raise InputError(
+                f"Collection '{name}' was created with {space.get('space')} distance, not cosine; "
+                "choose another collection name."
+            )
+        return collection
+
+    # -- reading --
+
+    def count(self) -> int:
+        """Number of chunks stored."""
+        return int(self.collection.count())
+
+    def list_documents(self) -> list[DocumentInfo]:
+        """Every indexed document (one row per content hash), sorted by name."""
+        metadatas = self.collection.get(include=["metadatas"])["metadatas"] or []
+        by_hash: dict[str, dict[str, Any]] = {}
+        for m in metadatas:
+            entry = by_hash.setdefault(m["doc_hash"], {"meta": m, "n": 0})
+            entry["n"] += 1
+        docs = [
+            DocumentInfo(
+                name=e["meta"]["doc_name"],
+                content_hash=h,
+                kind=e["meta"]["doc_kind"],
+                n_chunks=e["n"],
+                n_chars=int(e["meta"]["doc_chars"]),
+            )
+            for h, e in by_hash.items()
+        ]
+        return sorted(docs, key=lambda d: (d.name, d.content_hash))
+
+    def document_chunks(self, content_hash: str) -> list[Chunk]:
+        """The chunks of one document in order (to inspect how it was cut)."""
+        got = self.collection.get(where={"doc_hash": content_hash}, include=["metadatas", "documents"])
+        if not got["ids"]:
+            raise InputError(f"No indexed document has hash {content_hash[:12]}...; refresh the list.")
+        chunks = [
+            _chunk_from(meta, text) for meta, text in zip(got["metadatas"], got["documents"], strict=True)
+        ]
+        return sorted(chunks, key=lambda c: c.index)
+
+    def has_document(self, content_hash: str) -> bool:
+        return bool(self.collection.get(where={"doc_hash": content_hash}, limit=1, include=[])["ids"])
+
+    # -- writing --
+
+    def add_documents(
+        self, documents: Sequence[Document], on_progress: ProgressCallback | None = None
+    ) -> IndexReport:
+        """Chunk, embed and store documents in batches; text already indexed is skipped.
+
+        `on_progress(done, total)` counts chunks: first (0, total), then after every batch. If storing
+        fails half-way, this call's chunks are removed again so the index is as before."""
+        report = IndexReport()
+        planned: list[tuple[Document, list[Chunk]]] = []
+        seen: dict[str, str] = {}
+        for doc in documents:
+            existing = seen.get(doc.content_hash) or self._existing_name(doc.content_hash)
+            if existing is not None:
+                report.duplicates.append(Duplicate(name=doc.name, existing_name=existing))
+                continue
+            seen[doc.content_hash] = doc.name
+            planned.append((doc, self.chunker.chunk(doc)))
+        rows = [(doc, chunk, len(chunks)) for doc, chunks in planned for chunk in chunks]
+        total = len(rows)
+        if on_progress:
+            on_progress(0, total)
+        added_ids: list[str] = []
+        try:
+            for start in range(0, total, self.settings.batch_size):
+                batch = rows[start : start + self.settings.batch_size]
+                ids = [_chunk_id(chunk) for _, chunk, _ in batch]
+                self.collection.add(
+                    ids=ids,
+                    documents=[chunk.text for _, chunk, _ in batch],
+                    metadatas=[_chunk_metadata(doc, chunk, n) for doc, chunk, n in batch],
+                )
+                added_ids.extend(ids)
+                if on_progress:
+                    on_progress(start + len(batch), total)
+        except Exception as e:
+            if added_ids:
+                self.collection.delete(ids=added_ids)
+            if isinstance(e, VectorLabError):
+                raise
+            raise VectorLabError(f"Indexing stopped ({e}); nothing from this upload was kept.") from e
+        for doc, chunks in planned:
+            report.added.append(
+                DocumentInfo(doc.name, doc.content_hash, doc.kind, n_chunks=len(chunks), n_chars=doc.n_chars)
+            )
+        log.info("Indexed %d documents (%d chunks) into %s", len(planned), total, self.name)
+        return report
+
+    def add_files(
+        self,
+        files: Iterable[tuple[str, bytes]],
+        on_progress: ProgressCallback | None = None,
+        parse_settings: ParseSettings | None = None,
+    ) -> IndexReport:
+        """Parse (name, bytes) uploads and index the good ones; bad files are listed in `errors`."""
+        parsed = parse_files(files, parse_settings)
+        report = self.add_documents(parsed.documents, on_progress)
+        report.errors.extend(parsed.errors)
+        return report
+
+    def delete_document(self, content_hash: str) -> int:
+        """Remove one document's chunks; returns how many were removed."""
+        ids = self.collection.get(where={"doc_hash": content_hash}, include=[])["ids"]
+        if not ids:
+            raise InputError(f"No indexed document has hash {content_hash[:12]}...; refresh the list.")
+        self.collection.delete(ids=ids)
+        return len(ids)
+
+    def _existing_name(self, content_hash: str) -> str | None:
+        got = self.collection.get(where={"doc_hash": content_hash}, limit=1, include=["metadatas"])
+        return got["metadatas"][0]["doc_name"] if got["ids"] else None
+
+    # -- collections --
+
+    def collections(self) -> list[CollectionInfo]:
+        """Every collection on this client with its size and encoder."""
+        infos = []
+        for col in self.client.list_collections():
+            meta = col.metadata or {}
+            infos.append(CollectionInfo(col.name, int(col.count()), str(meta.get("embedder", "?"))))
+        return sorted(infos, key=lambda c: c.name)
+
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection; deleting this index's own collection leaves it empty and usable."""
+        if name not in {c.name for c in self.client.list_collections()}:
+            raise InputError(f"There is no collection named '{name}'.")
+        self.client.delete_collection(name)
+        if name == self.name:
+            self.collection = self._open_collection(name)
+
+    # -- querying --
+
+    def search(self, query: str, k: int = 5) -> SearchResult:
+        """Top-k chunks for `query` by cosine similarity, each re-scored under dot and L2."""
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("Type a question or phrase to search for.")
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}.")
+        self._require_content()
+        vector = self.embedder.encode([query])[0]  # [d]
+        return SearchResult(query=query, query_embedding=vector, hits=self.search_vector(vector, k))
+
+    def search_vector(self, vector: np.ndarray, k: int = 5) -> list[Hit]:
+        """Top-k chunks nearest an already-embedded query [d]."""
+        self._require_content()
+        q = np.asarray(vector, dtype=np.float64)
+        got = self.collection.query(
+            query_embeddings=[q.astype(np.float32)],
+            n_results=min(k, self.count()),
+            include=["documents", "metadatas", "distances", "embeddings"],
+        )
+        hits = []
+        for rank, (cid, text, meta, distance, emb) in enumerate(
+            zip(
+                got["ids"][0],
+                got["documents"][0],
+                got["metadatas"][0],
+                got["distances"][0],
+                got["embeddings"][0],
+                strict=True,
+            ),
+            start=1,
+        ):
+            e = np.asarray(emb, dtype=np.float64)
+            hits.append(
+                Hit(
+                    rank=rank,
+                    id=cid,
+                    doc_name=meta["doc_name"],
+                    doc_hash=meta["doc_hash"],
+                    chunk_index=int(meta["chunk_index"]),
+                    char_start=int(meta["char_start"]),
+                    char_end=int(meta["char_end"]),
+                    text=text,
+                    cosine=1.0 - float(distance),
+                    dot=float(e @ q),
+                    l2=float(np.linalg.norm(e - q)),
+                )
+            )
+        return hits
+
+    def chunk_vectors(self) -> ChunkVectors:
+        """All chunks with their stored embeddings, in document/chunk order."""
+        self._require_content()
+        got = self.collection.get(include=["embeddings", "metadatas", "documents"])
+        order = sorted(
+            range(len(got["ids"])),
+            key=lambda i: (got["metadatas"][i]["doc_name"], got["metadatas"][i]["chunk_index"]),
+        )
+        return ChunkVectors(
+            ids=[got["ids"][i] for i in order],
+            embeddings=np.asarray(got["embeddings"], dtype=np.float32)[order],
+            doc_names=[got["metadatas"][i]["doc_name"] for i in order],
+            chunk_indices=[int(got["metadatas"][i]["chunk_index"]) for i in order],
+            texts=[got["documents"][i] for i in order],
+        )
+
+    def embedding_map(self, query: str | None = None) -> EmbeddingMap:
+        """Every chunk on a 2-D PCA map, plus where `query` lands on the same map."""
+        vectors = self.chunk_vectors()
+        projection = pca_2d(vectors.embeddings)
+        query_coords = None
+        if query is not None:
+            if not query.strip():
+                raise InputError("Type a question or phrase to place on the map.")
+            query_coords = projection.project(self.embedder.encode([query]))[0]
+        return EmbeddingMap(
+            coords=projection.coords,
+            doc_names=vectors.doc_names,
+            chunk_indices=vectors.chunk_indices,
+            texts=vectors.texts,
+            projection=projection,
+            query=query,
+            query_coords=query_coords,
+        )
+
+    def _require_content(self) -> None:
+        if self.count() == 0:
+            raise InputError(f"Nothing is indexed in '{self.name}' yet; upload a document first.")
+
+
+def _chunk_id(chunk: Chunk) -> str:
+    return f"{chunk.doc_hash}-{chunk.index:05d}"
+
+
+def _chunk_metadata(doc: Document, chunk: Chunk, n_chunks: int) -> dict[str, Any]:
+    return {
+        "doc_name": doc.name,
+        "doc_hash": doc.content_hash,
+        "doc_kind": doc.kind,
+        "doc_chars": doc.n_chars,
+        "doc_chunks": n_chunks,
+        "chunk_index": chunk.index,
+        "char_start": chunk.char_start,
+        "char_end": chunk.char_end,
+        "n_tokens": chunk.n_tokens,
+    }
+
+
+def _chunk_from(meta: dict[str, Any], text: str) -> Chunk:
+    return Chunk(
+        doc_name=meta["doc_name"],
+        doc_hash=meta["doc_hash"],
+        index=int(meta["chunk_index"]),
+        char_start=int(meta["char_start"]),
+        char_end=int(meta["char_end"]),
+        text=text,
+        n_tokens=int(meta["n_tokens"]),
+    )

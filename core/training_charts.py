@@ -1,0 +1,155 @@
+"""Altair charts for the training station: loss curves with the learning rate, per-layer gradient
+norms, weight drift, and the before/after views. Pure functions from results to chart specs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from core.finetune import TrainStep
+from core.finetune_compare import AttentionChange, LogitLensComparison, NextTokenComparison, WeightDrift
+
+TRAIN_COLOR = "#1f77b4"
+EVAL_COLOR = "#ff7f0e"
+LR_COLOR = "#7f7f7f"
+
+
+def loss_frame(history: Sequence[TrainStep]) -> pd.DataFrame:
+    """Long table of the curves: one row per (step, series) with series "train", "held-out"."""
+    rows = [{"step": s.step, "series": "train", "loss": s.loss} for s in history]
+    rows += [{"step": s.step, "series": "held-out", "loss": s.eval_loss} for s in history if s.eval_loss is not None]
+    return pd.DataFrame(rows, columns=["step", "series", "loss"])
+
+
+def loss_chart(
+    history: Sequence[TrainStep], log_scale: bool = False, show_lr: bool = True, height: int = 260
+) -> alt.Chart | alt.LayerChart:
+    """Training and held-out loss per step (optionally log-scaled), with the learning rate on a
+    second axis."""
+    frame = loss_frame(history)
+    y_scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
+    color = alt.Color(
+        "series:N",
+        scale=alt.Scale(domain=["train", "held-out"], range=[TRAIN_COLOR, EVAL_COLOR]),
+        title=None,
+    )
+    base = alt.Chart(frame).encode(
+        x=alt.X("step:Q", title="step"),
+        y=alt.Y("loss:Q", title="loss (nats)" + (", log scale" if log_scale else ""), scale=y_scale),
+        color=color,
+        tooltip=["step:Q", "series:N", alt.Tooltip("loss:Q", format=".4f")],
+    )
+    curves = base.mark_line() + base.mark_point(size=20, filled=True)
+    if not show_lr or not history:
+        return curves.properties(height=height)
+    lr = pd.DataFrame({"step": [s.step for s in history], "lr": [s.lr for s in history]})
+    lr_line = (
+        alt.Chart(lr)
+        .mark_line(strokeDash=[4, 3], color=LR_COLOR)
+        .encode(
+            x="step:Q",
+            y=alt.Y("lr:Q", title="learning rate", axis=alt.Axis(orient="right", format=".1e")),
+            tooltip=["step:Q", alt.Tooltip("lr:Q", format=".2e")],
+        )
+    )
+    return alt.layer(curves, lr_line).resolve_scale(y="independent").properties(height=height)
+
+
+def grad_norm_chart(step: TrainStep, height: int = 240) -> alt.Chart:
+    """Bars of one step's gradient norm per layer group, bottom (embeddings) to top (head)."""
+    frame = pd.DataFrame({"layer": list(step.grad_norms), "grad_norm": list(step.grad_norms.values())})
+    return (
+        alt.Chart(frame, title=f"gradient norm per layer, step {step.step}")
+        .mark_bar()
+        .encode(
+            x=alt.X("layer:N", sort=list(step.grad_norms), title=None),
+            y=alt.Y("grad_norm:Q", title="‖gradient‖ (before clipping)"),
+            tooltip=["layer:N", alt.Tooltip("grad_norm:Q", format=".4g")],
+        )
+        .properties(height=height)
+    )
+
+
+def drift_chart(drift: WeightDrift, height: int = 240) -> alt.Chart:
+    """Bars of ‖ΔW‖/‖W‖ per layer group."""
+    frame = pd.DataFrame({"layer": drift.groups, "relative_change": drift.relative})
+    return (
+        alt.Chart(frame, title="how far each layer's weights moved")
+        .mark_bar()
+        .encode(
+            x=alt.X("layer:N", sort=drift.groups, title=None),
+            y=alt.Y("relative_change:Q", title="‖ΔW‖ / ‖W‖", axis=alt.Axis(format="%")),
+            tooltip=["layer:N", alt.Tooltip("relative_change:Q", format=".3%")],
+        )
+        .properties(height=height)
+    )
+
+
+def next_token_chart(comparison: NextTokenComparison, height: int = 260) -> alt.Chart:
+    """Grouped bars: each candidate token's probability before and after fine-tuning."""
+    order = [repr(t.token) for t in comparison.top]
+    rows = []
+    for t in comparison.top:
+        rows.append({"token": repr(t.token), "model": "before", "p": t.p_before})
+        rows.append({"token": repr(t.token), "model": "after", "p": t.p_after})
+    return (
+        alt.Chart(pd.DataFrame(rows), title=f"next token · KL(after‖before) = {comparison.kl_after_before:.3f} nats")
+        .mark_bar()
+        .encode(
+            y=alt.Y("token:N", sort=order, title=None),
+            x=alt.X("p:Q", title="probability", axis=alt.Axis(format="%")),
+            yOffset=alt.YOffset("model:N", sort=["before", "after"]),
+            color=alt.Color("model:N", sort=["before", "after"], scale=alt.Scale(range=[LR_COLOR, TRAIN_COLOR])),
+            tooltip=["token:N", "model:N", alt.Tooltip("p:Q", format=".2%")],
+        )
+        .properties(height=height)
+    )
+
+
+def attention_change_chart(change: AttentionChange, height: int = 200) -> alt.Chart:
+    """Heatmap of mean |ΔA| per layer (rows) and head (columns)."""
+    n_layer, n_head = change.mean_abs_delta.shape
+    layer, head = np.meshgrid(np.arange(n_layer), np.arange(n_head), indexing="ij")
+    frame = pd.DataFrame(
+        {
+            "layer": layer.ravel(),
+            "head": head.ravel(),
+            "mean_abs_delta": change.mean_abs_delta.ravel(),
+        }
+    )
+    return (
+        alt.Chart(frame, title="mean |Δ attention| per head")
+        .mark_rect()
+        .encode(
+            x=alt.X("head:O"),
+            y=alt.Y("layer:O"),
+            color=alt.Color("mean_abs_delta:Q", title="mean |ΔA|", scale=alt.Scale(scheme="oranges")),
+            tooltip=["layer:O", "head:O", alt.Tooltip("mean_abs_delta:Q", format=".4f")],
+        )
+        .properties(height=height)
+    )
+
+
+def logit_lens_chart(comparison: LogitLensComparison, height: int = 240) -> alt.Chart:
+    """Probability of the target token layer by layer, before vs after (top token in the tooltip)."""
+    rows = []
+    for model, lens in (("before", comparison.before), ("after", comparison.after)):
+        values = lens.target_probs if lens.target_probs is not None else lens.top_probs
+        for i, layer in enumerate(lens.layers):
+            rows.append({"layer": layer, "model": model, "p": float(values[i]), "top": repr(lens.top_tokens[i])})
+    target = comparison.after.target_token
+    title = f"logit lens: p({target!r}) per layer" if target is not None else "logit lens: top-token probability"
+    return (
+        alt.Chart(pd.DataFrame(rows), title=title)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:N", sort=comparison.after.layers, title=None),
+            y=alt.Y("p:Q", title="probability", axis=alt.Axis(format="%")),
+            color=alt.Color("model:N", sort=["before", "after"], scale=alt.Scale(range=[LR_COLOR, TRAIN_COLOR])),
+            tooltip=["layer:N", "model:N", alt.Tooltip("p:Q", format=".2%"), alt.Tooltip("top:N", title="top token")],
+        )
+        .properties(height=height)
+    )

@@ -1,0 +1,163 @@
+"""Fixtures for the Embeddings and Search tests: the bundled MiniLM (loaded once per process), the test
+corpus, a real `chroma run` server, and a Chroma client parametrised over embedded and server mode.
+
+Test modules import the fixtures they use explicitly: `from tests.fixtures_search import ...`."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+CORPUS = DATA / "corpus"
+QUESTIONS = DATA / "questions.json"
+CHROMA_BIN = Path(sys.executable).with_name("chroma")
+
+
+@functools.cache
+def load_minilm():
+    """The bundled all-MiniLM-L6-v2, shared read-only by every test in the process (encode only)."""
+    from core.embeddings import load_sentence_embedder
+
+    return load_sentence_embedder()
+
+
+def corpus_files() -> list[tuple[str, bytes]]:
+    """(name, bytes) of every corpus document, as an upload widget would hand them over."""
+    return [(p.name, p.read_bytes()) for p in sorted(CORPUS.glob("*.txt"))]
+
+
+def corpus_questions() -> list[dict[str, str]]:
+    """Paraphrased questions, each with the corpus file it was written from."""
+    return json.loads(QUESTIONS.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return load_minilm()
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ChromaServer:
+    host: str
+    port: int
+    path: Path
+
+
+@contextlib.contextmanager
+def run_chroma_server(path: Path, timeout_s: float = 60.0) -> Iterator[ChromaServer]:
+    """Start `chroma run` on a free loopback port, wait for its heartbeat, and always stop it."""
+    port = free_port()
+    log = open(path.parent / f"chroma-{port}.log", "wb")  # closed in the finally below
+    process = subprocess.Popen(
+        [str(CHROMA_BIN), "run", "--path", str(path), "--port", str(port), "--host", "127.0.0.1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{port}/api/v2/heartbeat"
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"chroma run exited with {process.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"chroma run gave no heartbeat within {timeout_s}s; see {log.name}")
+            time.sleep(0.1)
+        yield ChromaServer("127.0.0.1", port, path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory) -> Iterator[ChromaServer]:
+    """One real Chroma server for the session, stopped afterwards."""
+    with run_chroma_server(tmp_path_factory.mktemp("chroma-server") / "db") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def client_for(mode: str, path: Path, server: ChromaServer | None = None):
+    """A Chroma client from `make_client`: local files at `path`, or `server` reached through the
+    CHROMA_HOST/CHROMA_PORT variables exactly as the app would be configured."""
+    from core.search import CHROMA_HOST_ENV, CHROMA_PORT_ENV, close_client, make_client
+
+    with pytest.MonkeyPatch.context() as mp:
+        if mode == "embedded":
+            mp.delenv(CHROMA_HOST_ENV, raising=False)
+            mp.delenv(CHROMA_PORT_ENV, raising=False)
+            client = make_client(path)
+        else:
+            assert server is not None
+            mp.setenv(CHROMA_HOST_ENV, server.host)
+            mp.setenv(CHROMA_PORT_ENV, str(server.port))
+            client = make_client()
+    try:
+        yield client
+    finally:
+        close_client(client)
+
+
+@pytest.fixture(params=["embedded", "server"])
+def chroma_client(request, tmp_path):
+    """A fresh client per test, in each mode."""
+    server = request.getfixturevalue("chroma_server") if request.param == "server" else None
+    with client_for(request.param, tmp_path / "chroma", server) as client:
+        yield client
+
+
+@pytest.fixture
+def collection_name() -> str:
+    """A fresh collection per test, so tests sharing the server never see each other's documents."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def index(chroma_client, minilm, collection_name):
+    """An empty DocumentIndex over MiniLM in the parametrised client."""
+    from core.search import DocumentIndex, IndexSettings
+
+    return DocumentIndex(chroma_client, minilm, IndexSettings(collection=collection_name))
+
+
+@pytest.fixture(scope="module", params=["embedded", "server"])
+def corpus_index(request, tmp_path_factory, minilm):
+    """The whole corpus indexed once per module and mode; tests must only read from it."""
+    from core.search import DocumentIndex, IndexSettings
+
+    server = request.getfixturevalue("chroma_server") if request.param == "server" else None
+    path = tmp_path_factory.mktemp("corpus-chroma")
+    with client_for(request.param, path, server) as client:
+        index = DocumentIndex(client, minilm, IndexSettings(collection=f"corpus-{uuid.uuid4().hex[:8]}"))
+        report = index.add_files(corpus_files())
+        assert not report.errors and not report.duplicates
+        yield index

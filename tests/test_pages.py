@@ -1,0 +1,142 @@
+"""Every page under Streamlit's AppTest: directly, through app.py navigation, with widgets and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ui import state
+from ui.stations import STATIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["pages/home.py"] + [s.page for s in STATIONS]
+TIMEOUT = 180
+
+
+def app_test(script: str, spec: str, text: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / script), default_timeout=TIMEOUT)
+    at.session_state[state.MODEL_SPEC] = spec
+    if text is not None:
+        at.session_state[state.TEXT] = text
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_each_page_runs_on_tiny_gpt2(page, tiny_gpt2_dir):
+    at = app_test(page, str(tiny_gpt2_dir)).run()
+    assert_clean(at)
+    assert at.title
+
+
+def test_navigation_visits_every_station(tiny_gpt2_dir):
+    at = app_test("app.py", str(tiny_gpt2_dir)).run()
+    assert_clean(at)
+    assert at.title[0].value == "Vector Lab"
+    assert metrics(at)["Layers"] == "2" and metrics(at)["Width d"] == "32"
+    for station in STATIONS:
+        at.switch_page(station.page).run()
+        assert_clean(at)
+        assert at.title[0].value.startswith(f"{station.number} ·")
+
+
+def test_tokens_page_widgets(tiny_gpt2_dir):
+    at = app_test("pages/1_tokens.py", str(tiny_gpt2_dir), "Hello world, hello vectors").run()
+    assert_clean(at)
+    from core.models import gpt2_tokenizer
+
+    assert (
+        metrics(at)["Tokens"] == str(len(gpt2_tokenizer()("Hello world, hello vectors")["input_ids"])) == "5"
+    )
+    assert any("max |trace's token vectors − E[ids]| = 0.00e+00" in c.value for c in at.caption)
+    at.selectbox(key="tok_choice").select(1).run()
+    at.slider(key="tok_k").set_value(5).run()
+    at.slider(key="tok_map_k").set_value(2).run()
+    assert_clean(at)
+    # GPT-2's own tokenizer gives the same pieces, so no comparison row is shown.
+    assert not any("GPT-2's tokenizer on the same text" in m.value for m in at.markdown)
+
+
+def test_positions_page_gpt2_check_is_exact(tiny_gpt2_dir):
+    at = app_test("pages/2_positions.py", str(tiny_gpt2_dir)).run()
+    assert_clean(at)
+    assert float(metrics(at)["Check: max |(E[id] + P[t]) − block input|"]) == 0.0
+    at.slider(key="pos_n").set_value(16).run()
+    assert_clean(at)
+
+
+@pytest.mark.slow
+def test_pages_on_bundled_smollm2_show_rotary_and_both_tokenizers(smollm2):
+    at = app_test("pages/2_positions.py", "bundled-smollm2").run()
+    assert_clean(at)
+    m = metrics(at)
+    assert float(m["Check: max |E[id] − block input|"]) == 0.0
+    assert (
+        float(m["Check: max |our RoPE(q before rotation) − the model's q| (all layers, heads, tokens)"])
+        < 1e-4
+    )
+    assert float(m["Check: spread of q·k over pairs with offset 2"]) < 1e-3
+    at.slider(key="rope_layer").set_value(5).run()
+    at.slider(key="rope_head").set_value(4).run()
+    assert_clean(at)
+    at = app_test("pages/1_tokens.py", "bundled-smollm2", "Tokenization of naïve text").run()
+    assert_clean(at)
+    assert any("GPT-2's tokenizer on the same text" in m.value for m in at.markdown)
+
+
+@pytest.mark.parametrize("text", ["", "   \n  "])
+def test_empty_text_gives_a_message(tiny_gpt2_dir, text):
+    at = app_test("pages/1_tokens.py", str(tiny_gpt2_dir)).run()
+    assert_clean(at)
+    at.text_area(key=state.TEXT_WIDGET).input(text).run()  # typed into the shared sidebar box
+    assert not at.exception
+    assert [e.value for e in at.main.error] == [
+        "The text is empty. Type a sentence in the sidebar to trace it."
+    ]
+
+
+def test_huge_and_mixed_script_text(tiny_gpt2_dir):
+    long_text = ("Vectors everywhere. 🙂 Привет 你好 " * 200)[:5000]
+    for page in ("pages/1_tokens.py", "pages/2_positions.py"):
+        at = app_test(page, str(tiny_gpt2_dir), long_text).run()
+        assert not at.exception and not at.error
+        # The tiny GPT-2 has 128 positions, fewer than the 512-token trace limit.
+        assert any("the first 128 are traced" in w.value for w in at.warning)
+
+
+def test_unknown_model_id_is_a_message_not_a_traceback(tiny_gpt2_dir, monkeypatch):
+    from core import models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=1.5: False)
+    at = app_test("pages/1_tokens.py", str(tiny_gpt2_dir)).run()
+    at.selectbox(key=state.MODEL_CHOICE).select("another model…").run()
+    at.text_input(key=state.MODEL_CUSTOM).input("nobody/no-such-model").run()
+    assert not at.exception
+    assert at.session_state[state.MODEL_SPEC] == "nobody/no-such-model"
+    # The page and the sidebar both say why; no traceback.
+    assert any("Could not load 'nobody/no-such-model'" in e.value for e in at.error)
+    # Picking a working model again recovers.
+    at.session_state[state.MODEL_SPEC] = str(tiny_gpt2_dir)
+    at.run()
+    assert_clean(at)
+
+
+def test_directory_that_is_not_a_model(tmp_path):
+    at = app_test("pages/1_tokens.py", str(tmp_path)).run()
+    assert not at.exception
+    message = (
+        f"'{tmp_path}' is not a model directory: it has no config.json. "
+        "Point to a folder written by `save_pretrained` (config.json + model.safetensors)."
+    )
+    assert [e.value for e in at.main.error] == [message]
+    assert [e.value for e in at.sidebar.error] == [message]
