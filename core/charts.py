@@ -63,7 +63,7 @@ def heatmap(
             tooltip=[row_title, col_title, alt.Tooltip(f"{value_title}:Q", format=".4f")],
         )
     )
-    return chart.properties(width=width, height=height or max(120, min(18 * rows, 600)))
+    return chart.properties(width=width, height=height or max(120, min(22 * rows, 700)))
 
 
 def bars(
@@ -88,7 +88,7 @@ def bars(
             color=alt.condition("datum.kept", alt.value("#2563eb"), alt.value("#cbd5e1")),
             tooltip=[label_title, alt.Tooltip(f"{value_title}:Q", format=".4f"), "kept"],
         )
-        .properties(width="container", height=max(80, 20 * len(frame)))
+        .properties(width="container", height=max(80, 24 * len(frame)))
     )
 
 

@@ -283,7 +283,10 @@ class Chunker:
 
         self.settings = settings or ChunkSettings()
         self.tokenizer = tokenizer
-        size, overlap = self.settings.max_tokens, self.settings.overlap_tokens
+        # The splitter counts tokens without [CLS]/[SEP]; leave room for them so every chunk fits.
+        self.n_special = len(tokenizer.encode("").ids)
+        size = self.settings.max_tokens - self.n_special
+        overlap = min(self.settings.overlap_tokens, size - 1)
         self._text = TextSplitter.from_huggingface_tokenizer(tokenizer, size, overlap=overlap)
         self._markdown = MarkdownSplitter.from_huggingface_tokenizer(tokenizer, size, overlap=overlap)
 

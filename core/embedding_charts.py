@@ -79,11 +79,12 @@ def embedding_scatter(
     return (points + names).interactive()
 
 
-def search_map_chart(embedding_map: EmbeddingMap, highlight_ids: Sequence[int] = ()) -> alt.Chart:
-    """Every chunk coloured by document, the query as a red star, retrieved chunks ringed.
+def search_map_chart(embedding_map: EmbeddingMap, highlight_ids: Sequence[str] = ()) -> alt.Chart:
+    """Every chunk coloured by document, the query as a red diamond, retrieved chunks ringed.
 
-    `highlight_ids` are positions in the map's rows (e.g. the hits' rows)."""
+    `highlight_ids` are chunk ids, e.g. `[hit.id for hit in result.hits]`."""
     m = embedding_map
+    highlight = set(highlight_ids)
     frame = pd.DataFrame(
         {
             "x": m.coords[:, 0],
@@ -91,7 +92,7 @@ def search_map_chart(embedding_map: EmbeddingMap, highlight_ids: Sequence[int] =
             "document": m.doc_names,
             "chunk": m.chunk_indices,
             "text": [_short(t, 120) for t in m.texts],
-            "retrieved": [i in set(highlight_ids) for i in range(len(m.texts))],
+            "retrieved": [cid in highlight for cid in m.ids],
         }
     )
     evr = m.projection.explained_variance_ratio

@@ -68,7 +68,11 @@ class TrainConfig:
         _check_int("steps", self.steps, 1, 100_000, "it is how many optimizer updates to run")
         _check_int("batch_size", self.batch_size, 1, 1024, "sequences per step")
         _check_int(
-            "seq_len", self.seq_len, 2, 8192, "each token is predicted from the ones before it, so 2 is the least"
+            "seq_len",
+            self.seq_len,
+            2,
+            8192,
+            "each token is predicted from the ones before it, so 2 is the least",
         )
         if self.train_part not in TRAIN_PARTS:
             raise ValueError(
@@ -85,7 +89,9 @@ class TrainConfig:
         _check_int("seed", self.seed, 0, 2**63 - 1, "any whole number 0 or above")
         _check_int("checkpoint_every", self.checkpoint_every, 0, 100_000, "0 saves only at the end")
         if not (isinstance(self.grad_clip, int | float) and 0 <= self.grad_clip < math.inf):
-            raise ValueError(f"grad_clip={self.grad_clip} must be 0 (no clipping) or a positive norm like 1.0")
+            raise ValueError(
+                f"grad_clip={self.grad_clip} must be 0 (no clipping) or a positive norm like 1.0"
+            )
         if not (isinstance(self.weight_decay, int | float) and 0 <= self.weight_decay < 1):
             raise ValueError(
                 f"weight_decay={self.weight_decay} must be at least 0 and below 1 (0.0 or 0.01 are usual)"
@@ -343,7 +349,9 @@ class FineTuneRun:
 
         self.optimizer = torch.optim.AdamW(self._trainable, lr=config.lr, weight_decay=config.weight_decay)
         order = torch.Generator().manual_seed(config.seed)  # batch order, apart from the global RNG
-        loader = DataLoader(_Sequences(data.train), batch_size=config.batch_size, shuffle=True, generator=order)
+        loader = DataLoader(
+            _Sequences(data.train), batch_size=config.batch_size, shuffle=True, generator=order
+        )
         if accelerator is not None:
             self._forward_model, self._step_optimizer, self._loader = accelerator.prepare(
                 model, self.optimizer, loader
@@ -388,13 +396,23 @@ class FineTuneRun:
         if self.status == "running":
             raise InputError("This run is already running.")
         self.status = "running"
+        cfg = self.config
+        was_training = self.model.training
         try:
             with self._own_rng():
-                while self.step < self.config.steps:
+                while self.step < cfg.steps:
                     if should_stop is not None and should_stop():
                         break
                     record = self._one_step()
                     self.history.append(record)
+                    if (
+                        self.checkpoint_name
+                        and cfg.checkpoint_every
+                        and self.step % cfg.checkpoint_every == 0
+                    ):
+                        saving = time.perf_counter()
+                        self.save_checkpoint()  # after the append: the save records this step too
+                        self._wall_s += time.perf_counter() - saving
                     if on_step is not None:
                         on_step(record)
         except TrainingDivergedError:
@@ -403,9 +421,13 @@ class FineTuneRun:
         except BaseException:
             self.status = "stopped"
             raise
+        finally:
+            self.model.train(was_training)  # hand the model back in the mode it came in
         if self.step >= self.config.steps:
             self.status = "finished"
-            if self.checkpoint_name and (self.last_checkpoint is None or self.last_checkpoint.steps != self.step):
+            if self.checkpoint_name and (
+                self.last_checkpoint is None or self.last_checkpoint.steps != self.step
+            ):
                 self.save_checkpoint()
         else:
             self.status = "stopped"
@@ -460,8 +482,6 @@ class FineTuneRun:
         eval_loss = None
         if self.data.eval.shape[0] and (step % cfg.eval_every == 0 or step == cfg.steps):
             eval_loss = self.evaluate()
-        if self.checkpoint_name and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            self.save_checkpoint()
 
         self._wall_s += time.perf_counter() - started
         return TrainStep(
@@ -480,7 +500,7 @@ class FineTuneRun:
 
     def _compute_loss(self, batch: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of `batch` [B, T] (the model shifts the labels itself)."""
-        return self._forward_model(input_ids=batch, labels=batch).loss
+        return self._forward_model(input_ids=batch, labels=batch, use_cache=False).loss
 
     def _group_grad_norms(self) -> dict[str, float]:
         norms = []
@@ -525,7 +545,8 @@ class FineTuneRun:
                 chunks = chunks[: self.config.eval_batches]
             for chunk in chunks:
                 with self._autocast():
-                    loss = self.model(input_ids=chunk.to(self.device), labels=chunk.to(self.device)).loss
+                    chunk = chunk.to(self.device)
+                    loss = self.model(input_ids=chunk, labels=chunk, use_cache=False).loss
                 n = chunk.shape[0] * (chunk.shape[1] - 1)  # predicted positions
                 total += float(loss.float()) * n
                 count += n
@@ -673,9 +694,12 @@ def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="python -m core.finetune",
-        description="Fine-tune a causal LM on text files and save a checkpoint (runs under `accelerate launch`).",
+        description="Fine-tune a causal LM on text files and save a checkpoint "
+        "(runs unchanged under `accelerate launch`).",
     )
-    p.add_argument("--model", required=True, help="model spec: a local model directory, a Hub id, bundled-smollm2")
+    p.add_argument(
+        "--model", required=True, help="model spec: a local model directory, a Hub id, bundled-smollm2"
+    )
     p.add_argument("--text-file", action="append", required=True, help="a UTF-8 text file (repeat for more)")
     p.add_argument("--out", required=True, help="checkpoint name, saved under <data dir>/checkpoints/NAME")
     p.add_argument("--steps", type=int, default=d.steps)
@@ -755,12 +779,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             checkpoint_name=args.out,
             accelerator=accelerator,
         )
-        say("training %d of %d parameters on %s", run.n_trainable, run.n_params, accelerator.device)
+        say(
+            "training %d of %d parameters on %s (%d process%s)",
+            run.n_trainable,
+            run.n_params,
+            accelerator.device,
+            accelerator.num_processes,
+            "" if accelerator.num_processes == 1 else "es",
+        )
 
         def report(step: TrainStep) -> None:
             held = f"  eval {step.eval_loss:.4f}" if step.eval_loss is not None else ""
             say(
-                "step %d/%d  loss %.4f%s  lr %.2g  %.0f tok/s  eta %.0fs",
+                "step %d/%d  loss %.4f%s  lr %.2g  %.0f tok/s  eta %.1fs",
                 step.step,
                 config.steps,
                 step.loss,

@@ -223,13 +223,15 @@ class ChunkVectors:
 class EmbeddingMap:
     """Chunks (and optionally a query) on a 2-D PCA map of the collection."""
 
-    coords: np.ndarray  # [N, 2], one row per chunk
+    coords: np.ndarray  # [N, 2], one row per chunk shown
+    ids: list[str]  # chunk ids, as in Hit.id
     doc_names: list[str]
     chunk_indices: list[int]
     texts: list[str]
     projection: Projection2D  # fitted on the chunks only
     query: str | None = None
     query_coords: np.ndarray | None = None  # [2]
+    n_total: int = 0  # chunks in the collection; more than len(ids) when the map shows a sample
 
 
 @dataclass(frozen=True)
@@ -481,17 +483,17 @@ class DocumentIndex:
             raise InputError("Type a question or phrase to search for.")
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}.")
-        self._require_content()
+        self._require_content()  # before encoding: an empty index needs no model call
         vector = self.embedder.encode([query])[0]  # [d]
         return SearchResult(query=query, query_embedding=vector, hits=self.search_vector(vector, k))
 
     def search_vector(self, vector: np.ndarray, k: int = 5) -> list[Hit]:
         """Top-k chunks nearest an already-embedded query [d]."""
-        self._require_content()
+        count = self._require_content()
         q = np.asarray(vector, dtype=np.float64)
         got = self.collection.query(
             query_embeddings=[q.astype(np.float32)],
-            n_results=min(k, self.count()),
+            n_results=min(k, count),
             include=["documents", "metadatas", "distances", "embeddings"],
         )
         hits = []
@@ -540,28 +542,53 @@ class DocumentIndex:
             texts=[got["documents"][i] for i in order],
         )
 
-    def embedding_map(self, query: str | None = None) -> EmbeddingMap:
-        """Every chunk on a 2-D PCA map, plus where `query` lands on the same map."""
+    def embedding_map(
+        self,
+        query: str | None = None,
+        max_points: int = 2000,
+        always_include: Sequence[str] = (),
+        seed: int = 0,
+    ) -> EmbeddingMap:
+        """Chunks on a 2-D PCA map, plus where `query` lands on the same map.
+
+        Collections larger than `max_points` are shown as a seeded random sample (charts of more
+        points are slow to draw); chunk ids in `always_include` (e.g. the hits) are always kept."""
+        if max_points < 1:
+            raise InputError(f"max_points must be at least 1, got {max_points}.")
+        if query is not None and not query.strip():
+            raise InputError("Type a question or phrase to place on the map.")
         vectors = self.chunk_vectors()
-        projection = pca_2d(vectors.embeddings)
+        n_total = len(vectors.ids)
+        rows = np.arange(n_total)
+        if n_total > max_points:
+            wanted = set(always_include)
+            keep = {i for i, cid in enumerate(vectors.ids) if cid in wanted}
+            rest = np.setdiff1d(rows, list(keep))
+            extra = np.random.default_rng(seed).choice(
+                rest, size=max(0, max_points - len(keep)), replace=False
+            )
+            rows = np.sort(np.concatenate([np.array(sorted(keep), dtype=int), extra]))
+        projection = pca_2d(vectors.embeddings[rows])
         query_coords = None
         if query is not None:
-            if not query.strip():
-                raise InputError("Type a question or phrase to place on the map.")
             query_coords = projection.project(self.embedder.encode([query]))[0]
         return EmbeddingMap(
             coords=projection.coords,
-            doc_names=vectors.doc_names,
-            chunk_indices=vectors.chunk_indices,
-            texts=vectors.texts,
+            ids=[vectors.ids[i] for i in rows],
+            doc_names=[vectors.doc_names[i] for i in rows],
+            chunk_indices=[vectors.chunk_indices[i] for i in rows],
+            texts=[vectors.texts[i] for i in rows],
             projection=projection,
             query=query,
             query_coords=query_coords,
+            n_total=n_total,
         )
 
-    def _require_content(self) -> None:
-        if self.count() == 0:
+    def _require_content(self) -> int:
+        count = self.count()
+        if count == 0:
             raise InputError(f"Nothing is indexed in '{self.name}' yet; upload a document first.")
+        return count
 
 
 def _chunk_id(chunk: Chunk) -> str:

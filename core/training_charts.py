@@ -20,7 +20,11 @@ LR_COLOR = "#7f7f7f"
 def loss_frame(history: Sequence[TrainStep]) -> pd.DataFrame:
     """Long table of the curves: one row per (step, series) with series "train", "held-out"."""
     rows = [{"step": s.step, "series": "train", "loss": s.loss} for s in history]
-    rows += [{"step": s.step, "series": "held-out", "loss": s.eval_loss} for s in history if s.eval_loss is not None]
+    rows += [
+        {"step": s.step, "series": "held-out", "loss": s.eval_loss}
+        for s in history
+        if s.eval_loss is not None
+    ]
     return pd.DataFrame(rows, columns=["step", "series", "loss"])
 
 
@@ -96,13 +100,17 @@ def next_token_chart(comparison: NextTokenComparison, height: int = 260) -> alt.
         rows.append({"token": repr(t.token), "model": "before", "p": t.p_before})
         rows.append({"token": repr(t.token), "model": "after", "p": t.p_after})
     return (
-        alt.Chart(pd.DataFrame(rows), title=f"next token · KL(after‖before) = {comparison.kl_after_before:.3f} nats")
+        alt.Chart(
+            pd.DataFrame(rows), title=f"next token · KL(after‖before) = {comparison.kl_after_before:.3f} nats"
+        )
         .mark_bar()
         .encode(
             y=alt.Y("token:N", sort=order, title=None),
             x=alt.X("p:Q", title="probability", axis=alt.Axis(format="%")),
             yOffset=alt.YOffset("model:N", sort=["before", "after"]),
-            color=alt.Color("model:N", sort=["before", "after"], scale=alt.Scale(range=[LR_COLOR, TRAIN_COLOR])),
+            color=alt.Color(
+                "model:N", sort=["before", "after"], scale=alt.Scale(range=[LR_COLOR, TRAIN_COLOR])
+            ),
             tooltip=["token:N", "model:N", alt.Tooltip("p:Q", format=".2%")],
         )
         .properties(height=height)
@@ -139,17 +147,28 @@ def logit_lens_chart(comparison: LogitLensComparison, height: int = 240) -> alt.
     for model, lens in (("before", comparison.before), ("after", comparison.after)):
         values = lens.target_probs if lens.target_probs is not None else lens.top_probs
         for i, layer in enumerate(lens.layers):
-            rows.append({"layer": layer, "model": model, "p": float(values[i]), "top": repr(lens.top_tokens[i])})
+            rows.append(
+                {"layer": layer, "model": model, "p": float(values[i]), "top": repr(lens.top_tokens[i])}
+            )
     target = comparison.after.target_token
-    title = f"logit lens: p({target!r}) per layer" if target is not None else "logit lens: top-token probability"
+    title = (
+        f"logit lens: p({target!r}) per layer" if target is not None else "logit lens: top-token probability"
+    )
     return (
         alt.Chart(pd.DataFrame(rows), title=title)
         .mark_line(point=True)
         .encode(
             x=alt.X("layer:N", sort=comparison.after.layers, title=None),
             y=alt.Y("p:Q", title="probability", axis=alt.Axis(format="%")),
-            color=alt.Color("model:N", sort=["before", "after"], scale=alt.Scale(range=[LR_COLOR, TRAIN_COLOR])),
-            tooltip=["layer:N", "model:N", alt.Tooltip("p:Q", format=".2%"), alt.Tooltip("top:N", title="top token")],
+            color=alt.Color(
+                "model:N", sort=["before", "after"], scale=alt.Scale(range=[LR_COLOR, TRAIN_COLOR])
+            ),
+            tooltip=[
+                "layer:N",
+                "model:N",
+                alt.Tooltip("p:Q", format=".2%"),
+                alt.Tooltip("top:N", title="top token"),
+            ],
         )
         .properties(height=height)
     )

@@ -166,7 +166,7 @@ else:
     left, mid, right = st.columns(3)
     layer = left.slider("Layer", 0, info.n_layer - 1, 0, key="rope_layer")
     head = mid.slider("Query head", 0, info.n_head - 1, 0, key="rope_head")
-    pair = right.slider("Pair i", 0, rot.d_head // 2 - 1, 0, key="rope_pair")
+    pair = right.slider("Pair i", 0, rot.d_head // 2 - 1, min(4, rot.d_head // 2 - 1), key="rope_pair")
     tok = st.selectbox(
         "Token", range(T), format_func=lambda i: f"{i}: {labels[i]}", key="rope_tok", index=T - 1
     )

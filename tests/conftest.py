@@ -98,3 +98,11 @@ def tiny_gpt2_dir(tmp_path_factory, _tiny_gpt2_master):
     _tiny_gpt2_master.model.save_pretrained(path, safe_serialization=True)
     _tiny_gpt2_master.tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item so fixtures can screenshot failures."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

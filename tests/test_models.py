@@ -52,7 +52,8 @@ def test_unknown_hub_id_says_cache_and_hub(monkeypatch):
     with pytest.raises(
         ModelLoadError,
         match=re.escape(
-            "Could not load 'no-such-org/no-such-model': it is not in the local Hugging Face cache and the Hub "
+            "Could not load 'no-such-org/no-such-model': it is not in the local Hugging Face cache "
+            "and the Hub "
             "is unreachable."
         ),
     ):

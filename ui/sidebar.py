@@ -79,7 +79,8 @@ def render_sidebar() -> None:
         cols = st.columns(2)
         cols[0].metric("Parameters", f"{info.n_params / 1e6:.0f} M")
         cols[1].metric("Layers", info.n_layer)
-        heads = f"{info.n_head}" if info.n_kv_head == info.n_head else f"{info.n_head} ({info.n_kv_head} K/V)"
-        cols[0].metric("Heads", heads)
+        cols[0].metric("Heads", info.n_head)
         cols[1].metric("Width d", info.d_model)
-        st.caption(f"Positions: {info.position_scheme} · vocabulary {info.vocab_size:,}")
+        kv = "" if info.n_kv_head == info.n_head else f"{info.n_kv_head} K/V heads (grouped-query) · "
+        st.caption(f"{kv}head width {info.d_head} · positions: {info.position_scheme} · "
+                   f"vocabulary {info.vocab_size:,}")

@@ -1,0 +1,166 @@
+"""Real-browser tests: Playwright drives Debian's Chromium against `streamlit run app.py` on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ui.stations import STATIONS
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("VECTORLAB_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _require_browser() -> None:
+    missing = None
+    if not Path(CHROMIUM).exists():
+        missing = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "Playwright for Python is not installed"
+    if missing:
+        if os.environ.get("VECTORLAB_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"Browser tests are required here but cannot run: {missing}")
+        pytest.skip(f"Browser tests skipped: {missing}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model_spec: str, tmp: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "VECTORLAB_MODEL": model_spec,
+            "VECTORLAB_DATA_DIR": str(tmp / "data"),
+            "HF_HUB_OFFLINE": "1",
+        }
+        self.log = open(tmp / "streamlit.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
+             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("streamlit did not become healthy in 90 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_gpt2_dir):
+    _require_browser()
+    srv = Server(str(tiny_gpt2_dir), tmp_path_factory.mktemp("e2e"))
+    yield srv
+    srv.stop()
+
+
+def wait_idle(page, timeout: float = 120_000) -> None:
+    """Wait until Streamlit has started (if it is about to) and finished running this page's script."""
+    try:
+        page.wait_for_selector('[data-testid="stApp"][data-test-script-state="running"]', timeout=1500)
+    except Exception:  # noqa: BLE001 - the run may already be over; Playwright's TimeoutError
+        pass
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+    page.wait_for_selector('[data-testid="stSpinner"]', state="detached", timeout=timeout)
+    page.wait_for_timeout(300)
+
+
+def assert_no_exception(page, name: str) -> None:
+    exceptions = page.locator('[data-testid="stException"]')
+    if exceptions.count():
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        pytest.fail(f"{name}: {exceptions.first.inner_text()[:2000]}")
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    yield pg
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def test_visit_every_page_and_type(server, page):
+    page.goto(server.url)
+    wait_idle(page)
+    page.get_by_role("heading", name="Vector Lab").wait_for()
+    assert_no_exception(page, "home")
+    for station in STATIONS:
+        page.locator('[data-testid="stSidebarNavLink"]', has_text=station.title).click()
+        wait_idle(page)
+        page.get_by_role("heading", name=f"{station.number} ·").first.wait_for()
+        assert_no_exception(page, station.title)
+
+    box = page.get_by_role("textbox", name="The text every model page traces")
+    box.fill("Hello world, a browser typed this 🙂")
+    box.press("Control+Enter")
+    wait_idle(page)
+    assert_no_exception(page, "typed")
+    page.locator('[data-testid="stSidebarNavLink"]', has_text=STATIONS[0].title).click()
+    wait_idle(page)
+    assert page.get_by_text("15496").count() >= 1  # "Hello" is GPT-2 id 15496, shown under its piece
+    assert_no_exception(page, "tokens-after-typing")
+
+    box = page.get_by_role("textbox", name="The text every model page traces")
+    box.fill("   ")
+    box.press("Control+Enter")
+    wait_idle(page)
+    page.get_by_text("The text is empty. Type a sentence in the sidebar to trace it.").first.wait_for()
+    assert_no_exception(page, "empty")

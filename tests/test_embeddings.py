@@ -1,0 +1,297 @@
+"""Sentence embeddings: MiniLM and the mean-pooled LM embedder, and the analysis helpers (similarity,
+PCA, k-means, zero-shot, "more like this") and their charts, checked by invariants."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from core.embedding_charts import embedding_scatter, search_map_chart, similarity_heatmap
+from core.embeddings import (
+    Embedder,
+    EncoderSettings,
+    LMEmbedder,
+    compare_pairs,
+    cosine_similarity_matrix,
+    kmeans,
+    lm_mean_pool_embeddings,
+    load_sentence_embedder,
+    more_like_this,
+    pca_2d,
+    zero_shot_classify,
+    zero_shot_texts,
+)
+from core.errors import InputError, ModelLoadError
+from core.search import EmbeddingMap
+from tests.fixtures_search import _tiny_lm_master, minilm, tiny_lm  # noqa: F401  (fixtures)
+
+TOPICS = {
+    "sport": [
+        "The striker scored twice in the second half.",
+        "Our team won the basketball final last night.",
+        "She ran the marathon in under three hours.",
+    ],
+    "cooking": [
+        "Simmer the onions in butter until golden.",
+        "Knead the dough and let it rise for an hour.",
+        "Season the soup with salt, pepper and fresh thyme.",
+    ],
+    "space": [
+        "The telescope photographed a distant spiral galaxy.",
+        "Astronauts docked with the space station today.",
+        "Jupiter has dozens of moons orbiting it.",
+    ],
+}
+SENTENCES = [s for group in TOPICS.values() for s in group]
+TOPIC_OF = [topic for topic, group in TOPICS.items() for _ in group]
+
+
+@pytest.fixture(scope="module")
+def topic_vectors(minilm):  # noqa: F811
+    return minilm.encode(SENTENCES)
+
+
+# --- MiniLM ---------------------------------------------------------------------------------------
+
+
+def test_minilm_gives_unit_384d_vectors_deterministically(minilm, topic_vectors):  # noqa: F811
+    assert isinstance(minilm, Embedder)
+    assert (minilm.name, minilm.dimension, minilm.max_tokens) == ("all-MiniLM-L6-v2", 384, 256)
+    assert topic_vectors.shape == (9, 384) and topic_vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(topic_vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(minilm.encode(SENTENCES[:2]), topic_vectors[:2], atol=1e-5)
+    assert minilm.encode([]).shape == (0, 384)
+
+
+def test_minilm_puts_paraphrases_closer_than_unrelated_sentences(minilm):  # noqa: F811
+    a, b, c = minilm.encode(
+        ["A cat is sitting on the mat.", "A kitten rests on the rug.", "Stock markets fell sharply today."]
+    )
+    assert a @ b > 0.5 > a @ c
+
+
+def test_empty_sentences_and_bare_strings_are_rejected(minilm):  # noqa: F811
+    with pytest.raises(InputError, match=re.escape("Sentence 2 is empty; type some text or remove it.")):
+        minilm.encode(["fine", "   "])
+    with pytest.raises(InputError, match=re.escape("Pass a list of sentences, not a single string.")):
+        minilm.encode("just a string")
+
+
+def test_encoder_settings_and_missing_model_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("batch_size must be at least 1, got 0; use e.g. 32.")):
+        EncoderSettings(batch_size=0)
+    missing = tmp_path / "nope"
+    with pytest.raises(
+        ModelLoadError,
+        match=re.escape(f"No sentence-transformers model folder at {missing}; check model_path."),
+    ):
+        load_sentence_embedder(EncoderSettings(model_path=str(missing)))
+
+
+# --- the LM embedder ------------------------------------------------------------------------------
+
+
+def test_lm_mean_pool_is_the_masked_mean_of_hidden_states(tiny_lm):  # noqa: F811
+    model, tokenizer = tiny_lm
+    texts = ["Hello vectors", "A much longer sentence with many more tokens in it"]
+    pooled = lm_mean_pool_embeddings(model, tokenizer, texts, normalize=False)  # [2, 32]
+    assert pooled.shape == (2, 32)
+    for row, text in enumerate(texts):  # one at a time, no padding at all
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            hidden = model(ids, output_hidden_states=True).hidden_states[-1][0]  # [T, 32]
+        np.testing.assert_allclose(pooled[row], hidden.mean(0).numpy(), atol=1e-5)
+
+
+def test_lm_layer_zero_is_token_plus_position_embeddings(tiny_lm):  # noqa: F811
+    model, tokenizer = tiny_lm
+    ids = torch.tensor(tokenizer("Embeddings at layer zero")["input_ids"])
+    with torch.no_grad():
+        expected = (model.transformer.wte(ids) + model.transformer.wpe(torch.arange(len(ids)))).mean(0)
+    got = lm_mean_pool_embeddings(model, tokenizer, ["Embeddings at layer zero"], layer=0, normalize=False)
+    np.testing.assert_allclose(got[0], expected.numpy(), atol=1e-5)
+
+
+def test_lm_embedder_batches_equal_single_sentences_and_leave_the_tokenizer_alone(tiny_lm):  # noqa: F811
+    model, tokenizer = tiny_lm
+    embedder = LMEmbedder(model, tokenizer, batch_size=3)
+    assert isinstance(embedder, Embedder) and embedder.dimension == 32
+    batched = embedder.encode(SENTENCES[:5])
+    singles = np.concatenate([embedder.encode([s]) for s in SENTENCES[:5]])
+    np.testing.assert_allclose(batched, singles, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    assert tokenizer.pad_token is None  # padding was done by hand, not by changing the tokenizer
+
+
+def test_compare_pairs_scores_every_pair_under_every_embedder(minilm, tiny_lm):  # noqa: F811
+    model, tokenizer = tiny_lm
+    embedders = {"MiniLM": minilm, "tiny LM": LMEmbedder(model, tokenizer)}
+    pairs = [
+        ("The same words.", "The same words."),
+        ("A cat sleeps.", "A kitten naps."),
+        ("A cat.", "Tax law."),
+    ]
+    scores = compare_pairs(embedders, pairs)
+    assert [(p.first, p.second) for p in scores] == pairs
+    assert all(set(p.scores) == {"MiniLM", "tiny LM"} for p in scores)
+    assert scores[0].scores["MiniLM"] == pytest.approx(1.0, abs=1e-5)
+    assert scores[0].scores["tiny LM"] == pytest.approx(1.0, abs=1e-5)
+    assert scores[1].scores["MiniLM"] > scores[2].scores["MiniLM"]
+    with pytest.raises(InputError, match=re.escape("Add at least one sentence pair to compare.")):
+        compare_pairs(embedders, [])
+
+
+# --- analysis helpers -----------------------------------------------------------------------------
+
+
+def test_cosine_matrix_is_symmetric_with_unit_diagonal(topic_vectors):
+    sims = cosine_similarity_matrix(topic_vectors)
+    assert sims.shape == (9, 9)
+    np.testing.assert_allclose(sims, sims.T, atol=1e-12)
+    np.testing.assert_allclose(np.diag(sims), 1.0, atol=1e-6)
+    assert sims.min() >= -1 and sims.max() <= 1
+    # Same-topic sentences are more alike than different-topic ones, on average.
+    same = np.equal.outer(TOPIC_OF, TOPIC_OF) & ~np.eye(9, dtype=bool)
+    assert sims[same].mean() > sims[~np.equal.outer(TOPIC_OF, TOPIC_OF)].mean() + 0.1
+    scaled = cosine_similarity_matrix(np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(scaled, [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_pca_matches_the_covariance_eigenvectors_with_fixed_signs(topic_vectors):
+    projection = pca_2d(topic_vectors)
+    assert projection.coords.shape == (9, 2)
+    np.testing.assert_allclose(projection.coords.mean(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(projection.components @ projection.components.T, np.eye(2), atol=1e-8)
+    centred = topic_vectors.astype(np.float64) - topic_vectors.mean(0)
+    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred)
+    top = eigenvectors[:, ::-1][:, :2].T  # [2, d], largest first
+    for axis in range(2):
+        assert abs(projection.components[axis] @ top[axis]) == pytest.approx(1.0, abs=1e-6)
+        assert projection.components[axis][np.argmax(np.abs(projection.components[axis]))] > 0
+    evr = projection.explained_variance_ratio
+    assert 1 >= evr[0] >= evr[1] > 0
+    assert evr[0] == pytest.approx(eigenvalues[-1] / eigenvalues.sum(), rel=1e-6)
+    np.testing.assert_allclose(projection.project(topic_vectors), projection.coords, atol=1e-9)
+    # Flipping the data flips the map, never the axes: the sign rule makes it reproducible.
+    np.testing.assert_allclose(pca_2d(-topic_vectors).coords, -projection.coords, atol=1e-6)
+
+
+def test_pca_of_one_point_and_of_a_line():
+    single = pca_2d(np.ones((1, 4)))
+    np.testing.assert_allclose(single.coords, [[0.0, 0.0]])
+    line = pca_2d(np.outer(np.arange(5.0), [1.0, 2.0, 2.0]))
+    assert line.explained_variance_ratio[0] == pytest.approx(1.0)
+    np.testing.assert_allclose(line.coords[:, 0], (np.arange(5.0) - 2) * 3)
+    with pytest.raises(InputError, match=re.escape("PCA needs at least one vector")):
+        pca_2d(np.zeros((0, 3)))
+
+
+def test_kmeans_recovers_separated_blobs_and_is_seeded():
+    rng = np.random.default_rng(1)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = np.concatenate([c + rng.normal(scale=0.5, size=(20, 2)) for c in centres])
+    truth = np.repeat([0, 1, 2], 20)
+    result = kmeans(points, k=3, seed=0)
+    assert result.labels.shape == (60,) and result.centroids.shape == (3, 2)
+    for blob in range(3):  # each blob is exactly one cluster
+        assert len(set(result.labels[truth == blob])) == 1
+    assert len(set(result.labels)) == 3
+    again = kmeans(points, k=3, seed=0)
+    np.testing.assert_array_equal(again.labels, result.labels)
+    expected_inertia = ((points - result.centroids[result.labels]) ** 2).sum()
+    assert result.inertia == pytest.approx(expected_inertia)
+    one = kmeans(points, k=1)
+    np.testing.assert_allclose(one.centroids[0], points.mean(0))
+    assert kmeans(points, k=2).inertia < one.inertia
+
+
+def test_kmeans_groups_minilm_sentences_by_topic(topic_vectors):
+    labels = kmeans(topic_vectors, k=3, seed=0).labels
+    for topic in TOPICS:
+        assert len({labels[i] for i, t in enumerate(TOPIC_OF) if t == topic}) == 1
+    assert len(set(labels)) == 3
+
+
+def test_kmeans_rejects_impossible_k(topic_vectors):
+    with pytest.raises(
+        InputError, match=re.escape("k must be between 1 and the number of items (9); got 10.")
+    ):
+        kmeans(topic_vectors, k=10)
+
+
+def test_zero_shot_picks_the_nearest_label(minilm, topic_vectors):  # noqa: F811
+    predictions = zero_shot_texts(minilm, SENTENCES, ["sport", "cooking", "outer space"], "This is about {}.")
+    assert [p.label for p in predictions] == [t if t != "space" else "outer space" for t in TOPIC_OF]
+    for p in predictions:
+        assert set(p.scores) == {"sport", "cooking", "outer space"}
+        assert p.score == max(p.scores.values()) == p.scores[p.label]
+    with pytest.raises(InputError, match=re.escape("Got 2 labels but 3 label embeddings.")):
+        zero_shot_classify(topic_vectors, topic_vectors[:3], ["a", "b"])
+    with pytest.raises(
+        InputError, match=re.escape("The label template must contain {} where the label goes")
+    ):
+        zero_shot_texts(minilm, SENTENCES, ["x"], template="no slot")
+
+
+def test_more_like_this_excludes_the_item_and_sorts_by_similarity(topic_vectors):
+    recs = more_like_this(topic_vectors, item=0, k=2)
+    assert [r.index for r in recs] and 0 not in [r.index for r in recs]
+    assert {r.index for r in recs} == {1, 2}  # the other two sport sentences
+    assert recs[0].score >= recs[1].score
+    sims = cosine_similarity_matrix(topic_vectors)[0]
+    assert recs[0].score == pytest.approx(sims[recs[0].index])
+    assert len(more_like_this(topic_vectors, item=3, k=50)) == 8
+    with pytest.raises(InputError, match=re.escape("Item 9 does not exist; choose one of 0..8.")):
+        more_like_this(topic_vectors, item=9)
+
+
+# --- charts ---------------------------------------------------------------------------------------
+
+
+def test_heatmap_spec_has_a_cell_and_a_label_per_pair(topic_vectors):
+    spec = similarity_heatmap(cosine_similarity_matrix(topic_vectors[:3]), SENTENCES[:3]).to_dict()
+    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["rect", "text"]
+    values = next(iter(spec["datasets"].values()))
+    assert len(values) == 9
+    assert [v["similarity"] for v in values if v["row"] == v["col"]] == pytest.approx([1.0] * 3, abs=1e-6)
+    with pytest.raises(
+        InputError, match=re.escape("The similarity matrix is (3, 3) but there are 2 labels.")
+    ):
+        similarity_heatmap(np.eye(3), ["a", "b"])
+
+
+def test_scatter_colours_points_by_cluster(topic_vectors):
+    coords = pca_2d(topic_vectors).coords
+    labels = kmeans(topic_vectors, k=3).labels
+    spec = embedding_scatter(coords, SENTENCES, labels).to_dict()
+    points, names = spec["layer"]
+    assert points["mark"]["type"] == "circle" and points["encoding"]["color"]["field"] == "cluster"
+    assert names["mark"]["type"] == "text"
+    values = next(iter(spec["datasets"].values()))
+    assert [v["cluster"] for v in values] == [str(label) for label in labels]
+    with pytest.raises(InputError, match=re.escape("Got 2 group ids for 9 points.")):
+        embedding_scatter(coords, SENTENCES, [0, 1])
+
+
+def test_search_map_chart_adds_the_query_point(topic_vectors):
+    projection = pca_2d(topic_vectors)
+    emap = EmbeddingMap(
+        coords=projection.coords,
+        ids=[f"c{i}" for i in range(9)],
+        doc_names=TOPIC_OF,
+        chunk_indices=list(range(9)),
+        texts=SENTENCES,
+        projection=projection,
+        query="a question",
+        query_coords=projection.project(topic_vectors[:1])[0],
+    )
+    spec = search_map_chart(emap, highlight_ids=["c0", "c1", "not-on-map"]).to_dict()
+    chunks, query = spec["layer"]
+    assert chunks["encoding"]["color"]["field"] == "document"
+    assert query["mark"]["shape"] == "diamond"
+    datasets = list(spec["datasets"].values())
+    assert sum(v["retrieved"] for v in datasets[0]) == 2
+    assert datasets[1][0]["text"] == "a question"
