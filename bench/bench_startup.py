@@ -1,6 +1,6 @@
 """Time from launch to Streamlit's health endpoint: `make run` against a bare one-line Streamlit app.
 
-    python bench/bench_startup.py [--repeat 3]
+python bench/bench_startup.py [--repeat 3]
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ def free_port() -> int:
 
 def time_to_health(cmd: list[str], port: int) -> float:
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         while time.perf_counter() - start < 120:
             try:
@@ -54,8 +60,20 @@ def main() -> None:
         runs: dict[str, list[float]] = {"bare one-line app": [], "make run (Vector Lab)": []}
         for _ in range(args.repeat):  # alternate so machine drift hits both alike
             port = free_port()
-            runs["bare one-line app"].append(time_to_health(
-                [str(STREAMLIT), "run", str(bare), "--server.port", str(port), "--server.headless", "true"], port))
+            runs["bare one-line app"].append(
+                time_to_health(
+                    [
+                        str(STREAMLIT),
+                        "run",
+                        str(bare),
+                        "--server.port",
+                        str(port),
+                        "--server.headless",
+                        "true",
+                    ],
+                    port,
+                )
+            )
             port = free_port()
             runs["make run (Vector Lab)"].append(time_to_health(["make", "-s", "run", f"PORT={port}"], port))
     base = statistics.median(runs["bare one-line app"])

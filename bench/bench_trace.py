@@ -28,7 +28,9 @@ def build(spec: str):
         from transformers import GPT2Config, GPT2LMHeadModel
 
         torch.manual_seed(0)
-        return wrap(GPT2LMHeadModel(GPT2Config()), gpt2_tokenizer(), spec, "GPT-2 small shape (random weights)")
+        return wrap(
+            GPT2LMHeadModel(GPT2Config()), gpt2_tokenizer(), spec, "GPT-2 small shape (random weights)"
+        )
     return load_model(spec)
 
 
@@ -61,7 +63,9 @@ def main() -> None:
 
             def plain(loaded=loaded, ids=ids):
                 with torch.inference_mode():
-                    return loaded.model(ids, output_attentions=True, output_hidden_states=True, use_cache=False)
+                    return loaded.model(
+                        ids, output_attentions=True, output_hidden_states=True, use_cache=False
+                    )
 
             def traced(loaded=loaded, text=text, cfg=cfg):
                 return run_trace(loaded, text, cfg)
@@ -70,8 +74,11 @@ def main() -> None:
             t_plain = timeit(plain, repeat=args.repeat)
             t_trace = timeit(traced, repeat=args.repeat)
             t_plain = min(t_plain, timeit(plain, repeat=args.repeat))
-            print(f"| {loaded.info.name} | {ids.shape[1]} | {1e3 * t_plain:.1f} | {1e3 * t_trace:.1f} | "
-                  f"{t_trace / t_plain:.2f}× |", flush=True)
+            print(
+                f"| {loaded.info.name} | {ids.shape[1]} | {1e3 * t_plain:.1f} | {1e3 * t_trace:.1f} | "
+                f"{t_trace / t_plain:.2f}× |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -134,6 +134,8 @@ class IndexSettings:
     collection: str = "documents"  # Chroma collection: 3-512 chars of a-z A-Z 0-9 . _ -
     batch_size: int = 64  # chunks embedded and added per Chroma call; progress ticks once per batch
     chunk: ChunkSettings = field(default_factory=ChunkSettings)  # how documents are cut
+    hnsw_ef_search: int = 100  # HNSW candidates kept per query (Chroma's default); more = better recall,
+    # slower. Fixed when the collection is created: an existing collection keeps its own value.
 
     def __post_init__(self) -> None:
         if not _COLLECTION_NAME.match(self.collection):
@@ -143,6 +145,8 @@ class IndexSettings:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}; try 64.")
+        if self.hnsw_ef_search < 1:
+            raise ValueError(f"hnsw_ef_search must be at least 1, got {self.hnsw_ef_search}; try 100.")
 
 
 @dataclass(frozen=True)
@@ -324,7 +328,7 @@ class DocumentIndex:
         try:
             collection = self.client.get_or_create_collection(
                 name,
-                configuration={"hnsw": {"space": "cosine"}},
+                configuration={"hnsw": {"space": "cosine", "ef_search": self.settings.hnsw_ef_search}},
                 metadata={"embedder": self.embedder.name, "dimension": int(self.embedder.dimension)},
                 embedding_function=self.embedding_function,
             )
@@ -489,13 +493,14 @@ class DocumentIndex:
 
     def search_vector(self, vector: np.ndarray, k: int = 5) -> list[Hit]:
         """Top-k chunks nearest an already-embedded query [d]."""
-        count = self._require_content()
         q = np.asarray(vector, dtype=np.float64)
-        got = self.collection.query(
+        got = self.collection.query(  # k beyond the collection size simply returns every chunk
             query_embeddings=[q.astype(np.float32)],
-            n_results=min(k, count),
+            n_results=k,
             include=["documents", "metadatas", "distances", "embeddings"],
         )
+        if not got["ids"][0]:
+            self._require_content()
         hits = []
         for rank, (cid, text, meta, distance, emb) in enumerate(
             zip(

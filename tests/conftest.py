@@ -92,6 +92,21 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, _tiny_llama_master):
+    """The tiny Llama (grouped-query attention) saved as a local model directory."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    _tiny_llama_master.model.save_pretrained(path, safe_serialization=True)
+    _tiny_llama_master.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def tiny_model_dir(request, tiny_gpt2_dir, tiny_llama_dir) -> str:
+    """Both tiny families as local model directories, one at a time (for pages)."""
+    return str(tiny_gpt2_dir if request.param == "gpt2" else tiny_llama_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory, _tiny_gpt2_master):
     """The tiny GPT-2 saved as a local model directory."""
     path = tmp_path_factory.mktemp("tiny-gpt2")

@@ -33,8 +33,8 @@ def assert_clean(at: AppTest) -> None:
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_each_page_runs_on_tiny_gpt2(page, tiny_gpt2_dir):
-    at = app_test(page, str(tiny_gpt2_dir)).run()
+def test_each_page_runs_on_both_tiny_families(page, tiny_model_dir):
+    at = app_test(page, tiny_model_dir).run()
     assert_clean(at)
     assert at.title
 
@@ -140,3 +140,52 @@ def test_directory_that_is_not_a_model(tmp_path):
     )
     assert [e.value for e in at.main.error] == [message]
     assert [e.value for e in at.sidebar.error] == [message]
+
+
+def _value(at: AppTest, label: str) -> float:
+    return float(metrics(at)[label])
+
+
+def test_attention_page_widgets_and_checks(tiny_model_dir):
+    at = app_test("pages/3_attention.py", tiny_model_dir, "The cat sat on the mat and the cat slept.").run()
+    assert_clean(at)
+    assert _value(at, "Check: max |hand-computed output − model's head output|") < 1e-5
+    assert _value(at, "Every layer, head and token") < 1e-5
+    at.selectbox(key="att_layer").select(1).run()
+    at.selectbox(key="att_head").select(1).run()
+    at.selectbox(key="att_token").select(2).run()
+    at.radio(key="att_stat").set_value("entropy (bits)").run()
+    assert_clean(at)
+    assert _value(at, "Check: max |hand-computed output − model's head output|") < 1e-5
+    assert at.info[0].value.startswith(("Puts", "Spreads"))
+
+
+def test_layers_page_widgets_and_checks(tiny_model_dir):
+    at = app_test("pages/4_layers.py", tiny_model_dir, "The cat sat on the mat and the cat slept.").run()
+    assert_clean(at)
+    assert _value(at, "Check: max |x_ℓ + attention + MLP − x_(ℓ+1)| / max |x|") < 1e-5
+    assert _value(at, "Check: last layer vs the model's output") < 1e-5
+    at.selectbox(key="lens_token").select(0).run()
+    at.slider(key="norm_layer").set_value(0).run()
+    at.selectbox(key="norm_token").select(1).run()
+    assert_clean(at)
+    assert _value(at, "Check: max |formula − the model's norm module|") < 1e-5
+    lens_table = at.dataframe[0].value
+    assert list(lens_table["layer"]) == ["input", "after block 0", "after block 1"]
+
+
+def test_single_token_text_on_every_station(tiny_model_dir):
+    for station in STATIONS:
+        at = app_test(station.page, tiny_model_dir, "Hi").run()
+        assert_clean(at)
+
+
+@pytest.mark.slow
+def test_two_thousand_token_text_stays_usable(smollm2):
+    text = " ".join(f"word{i % 50}" for i in range(1000))  # about 2,000 tokens for SmolLM2
+    for page in ("pages/3_attention.py", "pages/4_layers.py"):
+        at = app_test(page, "bundled-smollm2", text).run()
+        assert_clean(at)
+        assert any("the first 512 are traced" in w.value for w in at.warning)
+        at.slider(key="att_window" if "attention" in page else "layers_window").set_value(100).run()
+        assert_clean(at)

@@ -82,5 +82,7 @@ def render_sidebar() -> None:
         cols[0].metric("Heads", info.n_head)
         cols[1].metric("Width d", info.d_model)
         kv = "" if info.n_kv_head == info.n_head else f"{info.n_kv_head} K/V heads (grouped-query) · "
-        st.caption(f"{kv}head width {info.d_head} · positions: {info.position_scheme} · "
-                   f"vocabulary {info.vocab_size:,}")
+        st.caption(
+            f"{kv}head width {info.d_head} · positions: {info.position_scheme} · "
+            f"vocabulary {info.vocab_size:,}"
+        )

@@ -107,12 +107,17 @@ def _trace(spec: str, text: str, max_tokens: int, _loaded):
     return run_trace(_loaded, text, TraceConfig(max_tokens=max_tokens))
 
 
+def model_key(loaded) -> str:
+    """A string that names the loaded model in cache keys."""
+    return loaded.info.source + "|" + loaded.info.spec
+
+
 def require_trace(loaded, max_tokens: int = 512):
     """The trace of the shared text through the loaded model (cached), or a message and a stop."""
     text = current_text()
     try:
         with st.spinner("Running the text through the model…"):
-            trace = _trace(loaded.info.source + "|" + loaded.info.spec, text, max_tokens, loaded)
+            trace = _trace(model_key(loaded), text, max_tokens, loaded)
     except VectorLabError as e:
         st.error(str(e))
         st.stop()
@@ -134,7 +139,7 @@ def _vocab(key: str, _loaded):
 
 def vocabulary(loaded):
     """(readable strings [V], unit-length embedding rows [V, d], raw embedding rows [V, d])."""
-    return _vocab(loaded.info.source + "|" + loaded.info.spec, loaded)
+    return _vocab(model_key(loaded), loaded)
 
 
 @st.cache_resource(show_spinner=False)
@@ -142,3 +147,25 @@ def gpt2_tokenizer():
     from core.models import gpt2_tokenizer as build
 
     return build()
+
+
+@st.cache_resource(show_spinner="Reading every layer through the unembedding…", max_entries=8)
+def _lens(key: str, text: str, positions: tuple[int, ...], _loaded, _trace):
+    from core.layers import logit_lens
+
+    return logit_lens(_loaded, _trace, positions)
+
+
+def logit_lens(loaded, trace, positions) -> object:
+    """The logit lens for these positions, computed once per model, text and window."""
+    return _lens(model_key(loaded), trace.text, tuple(int(p) for p in positions), loaded, trace)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _derived(name: str, key: str, text: str, _fn, _trace):
+    return _fn(_trace)
+
+
+def derived(name: str, fn, loaded, trace):
+    """`fn(trace)` computed once per model and text (e.g. head patterns, the all-heads check)."""
+    return _derived(name, model_key(loaded), trace.text, fn, trace)

@@ -36,4 +36,24 @@ STATIONS = (
         "Without it, 'dog bites man' and 'man bites dog' would look identical to the model. "
         "Rotary positions make attention depend on how far apart two tokens are, not where they are.",
     ),
+    Station(
+        3,
+        "Self-attention",
+        "pages/3_attention.py",
+        ":material/hub:",
+        "Each token's vector is projected into a query, a key and a value; every head scores its query "
+        "against earlier keys, softmax(QKᵀ/√d), and mixes the value rows by those weights.",
+        "This is the only step where tokens read each other. Different heads learn different habits — "
+        "look at the previous word, at the start of the text, at a matching name.",
+    ),
+    Station(
+        4,
+        "Transformer layers",
+        "pages/4_layers.py",
+        ":material/layers:",
+        "Block after block adds an attention update and an MLP update to the running vector, the residual "
+        "stream; the logit lens reads that stream at every depth as a prediction.",
+        "You can watch the answer form: early layers guess generic words, later layers the right one. The "
+        "last layer's reading is exactly the model's output.",
+    ),
 )

@@ -1,0 +1,219 @@
+"""Station 3 maths: one head's softmax(QKᵀ/√d)·V step by step, what each head attends to, and the
+fused/rotary details of each family. Everything reads a `Trace`; nothing here runs the model again
+except the GPT-2 `c_attn` split check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import InputError
+from core.trace import Trace
+
+
+@dataclass(frozen=True)
+class HeadSteps:
+    """softmax(q·Kᵀ · scale + mask) · V for one query token of one head, each step kept."""
+
+    layer: int
+    head: int
+    kv_head: int  # the key/value head this query head reads (grouped-query attention)
+    position: int  # the query token
+    q: np.ndarray  # [dh] the query vector (after rotary where the model applies it)
+    keys: np.ndarray  # [T, dh] every key of the shared K/V head
+    values: np.ndarray  # [T, dh]
+    raw_scores: np.ndarray  # [T] q·k_j
+    scale: float  # 1/√dh
+    scaled_scores: np.ndarray  # [T] raw · scale
+    mask: np.ndarray  # [T] 0 where j ≤ position, −inf for future tokens
+    weights: np.ndarray  # [T] softmax of scaled + mask
+    output: np.ndarray  # [dh] Σ_j weights_j · v_j, computed here
+    model_output: np.ndarray  # [dh] the same head output captured from the model
+    model_weights: np.ndarray  # [T] the model's own attention row
+
+    @property
+    def output_error(self) -> float:
+        """max |hand-computed head output − the model's head output|."""
+        return float(np.abs(self.output - self.model_output).max())
+
+    @property
+    def weights_error(self) -> float:
+        return float(np.abs(self.weights - self.model_weights).max())
+
+
+def _check_index(name: str, value: int, size: int) -> None:
+    if not 0 <= value < size:
+        raise InputError(f"{name} {value} does not exist: choose 0–{size - 1}.")
+
+
+def head_steps(trace: Trace, layer: int, head: int, position: int) -> HeadSteps:
+    """Recompute one attention row by hand from the trace's Q, K and V."""
+    _check_index("Layer", layer, trace.n_layer)
+    _check_index("Head", head, trace.n_head)
+    _check_index("Token", position, trace.n_tokens)
+    kv = trace.kv_head_of(head)
+    q = trace.q[layer, head, position].astype(np.float64)
+    keys = trace.k[layer, kv].astype(np.float64)
+    values = trace.v[layer, kv].astype(np.float64)
+    raw = keys @ q
+    scale = trace.scaling
+    scaled = raw * scale
+    mask = np.where(np.arange(trace.n_tokens) <= position, 0.0, -np.inf)
+    logits = scaled + mask
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    return HeadSteps(
+        layer=layer,
+        head=head,
+        kv_head=kv,
+        position=position,
+        q=q,
+        keys=keys,
+        values=values,
+        raw_scores=raw,
+        scale=scale,
+        scaled_scores=scaled,
+        mask=mask,
+        weights=weights,
+        output=weights @ values,
+        model_output=trace.head_outputs[layer, head, position].astype(np.float64),
+        model_weights=trace.attentions[layer, head, position].astype(np.float64),
+    )
+
+
+def all_heads_error(trace: Trace) -> float:
+    """max |softmax(QKᵀ·scale + mask)·V − model head outputs| over every layer, head and token."""
+    group = trace.n_head // trace.n_kv_head
+    T = trace.n_tokens
+    mask = np.triu(np.full((T, T), -np.inf), k=1)
+    error = 0.0
+    for layer in range(trace.n_layer):  # one layer at a time keeps memory at H·T² floats
+        k = np.repeat(trace.k[layer], group, axis=0).astype(np.float64)
+        v = np.repeat(trace.v[layer], group, axis=0).astype(np.float64)
+        scores = trace.q[layer].astype(np.float64) @ k.transpose(0, 2, 1) * trace.scaling + mask
+        scores -= scores.max(-1, keepdims=True)
+        weights = np.exp(scores)
+        weights /= weights.sum(-1, keepdims=True)
+        error = max(error, float(np.abs(weights @ v - trace.head_outputs[layer]).max()))
+    return error
+
+
+@dataclass(frozen=True)
+class HeadPatterns:
+    """Where each head looks, averaged over query tokens 1..T-1 (token 0 can only see itself)."""
+
+    previous: np.ndarray  # [L, H] mean weight on the token just before the query
+    first: np.ndarray  # [L, H] mean weight on the first token ("attention sink")
+    self_: np.ndarray  # [L, H] mean weight on the query token itself
+    entropy: np.ndarray  # [L, H] mean entropy of the attention row, in bits
+
+    def hint(self, layer: int, head: int) -> str:
+        """A one-line reading of the numbers; a hint, not a proof of what the head is for."""
+        shares = {
+            "the previous token": self.previous[layer, head],
+            "the first token": self.first[layer, head],
+            "itself": self.self_[layer, head],
+        }
+        where, share = max(shares.items(), key=lambda kv: kv[1])
+        if share >= 0.5:
+            kind = {
+                "the previous token": "a previous-token head",
+                "the first token": "mostly parked on the first token (an 'attention sink')",
+                "itself": "a self-attending head",
+            }[where]
+            return f"Puts {share:.0%} of its attention on {where}: {kind}."
+        return (
+            f"Spreads its attention (entropy {self.entropy[layer, head]:.2f} bits; at most "
+            f"{share:.0%} on {where}): it gathers from many tokens."
+        )
+
+
+def head_patterns(trace: Trace) -> HeadPatterns:
+    """Attention shares on previous / first / self token for every head, from the weights alone."""
+    A = trace.attentions  # [L, H, T, T]
+    T = trace.n_tokens
+    if T < 2:
+        zeros = np.zeros(A.shape[:2])
+        return HeadPatterns(zeros, np.ones(A.shape[:2]), np.ones(A.shape[:2]), zeros)
+    rows = np.arange(1, T)
+    previous = A[:, :, rows, rows - 1].mean(-1, dtype=np.float64)
+    first = A[:, :, rows, 0].mean(-1, dtype=np.float64)
+    self_ = A[:, :, rows, rows].mean(-1, dtype=np.float64)
+    entropy = np.zeros(A.shape[:2])
+    for layer in range(A.shape[0]):  # per layer: a full-size float copy of A would be L·H·T² floats
+        p = A[layer, :, 1:, :].astype(np.float64)
+        entropy[layer] = -(p * np.log2(np.where(p > 0, p, 1.0))).sum(-1).mean(-1)
+    return HeadPatterns(previous, first, self_, entropy)
+
+
+@dataclass(frozen=True)
+class FusedSplit:
+    """GPT-2 computes Q, K and V with one matrix c_attn [d, 3d]; this is how it splits."""
+
+    weight_shape: tuple[int, int]  # (d, 3d)
+    part_shape: tuple[int, int]  # (d, d) for each of W_q, W_k, W_v
+    head_slices: tuple[tuple[int, int], ...]  # [H] column range of each head inside W_q (and W_k, W_v)
+    max_error: float  # max |split(ln_1(x)·W + b) − the trace's Q, K, V| for the layer
+
+
+def gpt2_fused_split(loaded, trace: Trace, layer: int) -> FusedSplit:
+    """Recompute layer `layer`'s Q, K, V from its input with the fused matrix, split in three."""
+    import torch
+
+    block = loaded.model.transformer.h[layer]
+    d, H, dh = loaded.info.d_model, loaded.info.n_head, loaded.info.d_head
+    with torch.inference_mode():
+        x = block.ln_1(torch.as_tensor(trace.residual[layer]))
+        fused = (x @ block.attn.c_attn.weight + block.attn.c_attn.bias).numpy()  # [T, 3d]
+    parts = fused.reshape(trace.n_tokens, 3, H, dh).transpose(1, 2, 0, 3)  # [3, H, T, dh]
+    error = max(
+        float(np.abs(parts[i] - arr[layer]).max()) for i, arr in enumerate((trace.q, trace.k, trace.v))
+    )
+    return FusedSplit(
+        weight_shape=tuple(block.attn.c_attn.weight.shape),
+        part_shape=(d, d),
+        head_slices=tuple((h * dh, (h + 1) * dh) for h in range(H)),
+        max_error=error,
+    )
+
+
+def attention_grid_image(trace: Trace, window: slice, tile: int = 40, gap: int = 4) -> np.ndarray:
+    """Every head's attention map for a token window, tiled layer × head into one RGB image.
+
+    Returns uint8 [L·(tile+gap), H·(tile+gap), 3]; each map is scaled to its own maximum.
+    """
+    A = trace.attentions[:, :, window, window]  # [L, H, w, w]
+    L, H, w, _ = A.shape
+    if w == 0:
+        raise InputError("The token window is empty.")
+    repeat = max(1, tile // w)
+    size = w * repeat
+    image = np.full((L * (size + gap), H * (size + gap), 3), 255, dtype=np.uint8)
+    peak = A.max(axis=(2, 3), keepdims=True)
+    scaled = A / np.where(peak > 0, peak, 1.0)
+    colours = _viridis(scaled)  # [L, H, w, w, 3]
+    colours = colours.repeat(repeat, axis=2).repeat(repeat, axis=3)
+    future = np.triu(np.ones((w, w), dtype=bool), k=1).repeat(repeat, 0).repeat(repeat, 1)
+    for layer in range(L):
+        for head in range(H):
+            r, c = layer * (size + gap), head * (size + gap)
+            tile_rgb = colours[layer, head].copy()
+            tile_rgb[future] = (235, 235, 235)  # the causal mask: never attended
+            image[r : r + size, c : c + size] = tile_rgb
+    return image
+
+
+_VIRIDIS = np.array(
+    [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], dtype=np.float64
+)
+
+
+def _viridis(x: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to viridis-like RGB (uint8), by linear interpolation of 5 anchors."""
+    x = np.clip(x, 0.0, 1.0) * (len(_VIRIDIS) - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, len(_VIRIDIS) - 1)
+    frac = (x - lo)[..., None]
+    return (_VIRIDIS[lo] * (1 - frac) + _VIRIDIS[hi] * frac).astype(np.uint8)

@@ -1,0 +1,254 @@
+"""How a next-token distribution is reshaped before a token is drawn: temperature, then top-k, then top-p.
+
+Shapes: V = vocabulary size. All maths runs in float64 log-space on torch, so temperatures from 1e-4 to
+100 (and beyond) never overflow into NaN; public results are numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.errors import InputError
+
+LN2 = math.log(2.0)
+# Top-p first looks for its cut among this many of the most likely tokens (×4 until the mass is
+# reached), so a peaked distribution never pays for a full-vocabulary sort.
+_TOP_P_FIRST_WINDOW = 256
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to turn the model's logits into the distribution a token is drawn from (HF's order).
+
+    `temperature` 0 (or `greedy`) means greedy decoding: the distribution becomes one-hot on the most
+    likely token (the lowest token id on ties), and top-k / top-p have nothing left to cut.
+    """
+
+    temperature: float = 1.0  # divides the logits: <1 sharpens, >1 flattens, 0 = greedy (one-hot argmax)
+    top_k: int = 0  # keep only the k most likely tokens (ties with the k-th are kept too); 0 = off
+    top_p: float = 1.0  # keep the smallest most-likely set with mass ≥ top_p; 1 = off, 0 = only the top one
+    seed: int = 0  # seeds the torch.Generator that draws tokens, so a run can be repeated exactly
+    greedy: bool = False  # always take the most likely token (same as temperature 0)
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.temperature):
+            raise ValueError("temperature must be a finite number (try 1.0).")
+        if self.temperature < 0:
+            raise ValueError(
+                "temperature must be 0 or more (0 = always pick the most likely token; try 1.0)."
+            )
+        if self.top_k < 0:
+            raise ValueError("top_k must be 0 (off) or a positive number of tokens to keep (try 50).")
+        if not 0.0 <= self.top_p <= 1.0:  # also rejects NaN
+            raise ValueError("top_p must be between 0 and 1 (1 = off; try 0.9).")
+        if self.seed < 0:
+            raise ValueError("seed must be a whole number, 0 or more (try 0).")
+
+    @property
+    def is_greedy(self) -> bool:
+        """True when no randomness is involved: the most likely token is always taken."""
+        return self.greedy or self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Entropy:
+    """Shannon entropy of one distribution, in both units: bits = nats / ln 2."""
+
+    nats: float
+    bits: float
+
+    @classmethod
+    def from_nats(cls, nats: float) -> Entropy:
+        return cls(nats=nats, bits=nats / LN2)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One next-token distribution at every stage of reshaping. Arrays are float64 numpy, [V]."""
+
+    config: SamplingConfig
+    original: np.ndarray  # [V] softmax(logits): the model's own distribution (temperature 1)
+    tempered: np.ndarray  # [V] softmax(logits / T); one-hot on the argmax when greedy
+    kept: np.ndarray  # [V] bool: survived top-k, then top-p (all True when both are off)
+    final: np.ndarray  # [V] tempered, zero outside `kept`, renormalised: what the token is drawn from
+    entropy_before: Entropy  # of `original`
+    entropy_tempered: Entropy  # of `tempered`
+    entropy_after: Entropy  # of `final`
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.original)
+
+    @property
+    def n_kept(self) -> int:
+        """How many tokens can still be drawn (those with non-zero final probability may be fewer)."""
+        return int(self.kept.sum())
+
+
+@dataclass(frozen=True)
+class TokenChoice:
+    """One candidate token and what reshaping did to its probability (a row of the bar chart)."""
+
+    token_id: int
+    text: str  # readable token text ('␣' marks a leading space)
+    p_original: float  # model's probability at temperature 1
+    p_tempered: float  # after temperature
+    p_final: float  # after top-k / top-p and renormalising; 0 when cut
+    kept: bool  # survived top-k and top-p
+
+
+# --------------------------------------------------------------------------- torch core
+
+
+@dataclass(frozen=True)
+class Reshaped:
+    """`reshape` on torch, for loops that stay on the model's device. Tensors are float64, [V]."""
+
+    log_original: torch.Tensor  # [V] log softmax(logits)
+    log_tempered: torch.Tensor  # [V] log softmax(logits / T); 0 at the argmax and -inf elsewhere if greedy
+    kept: torch.Tensor  # [V] bool
+    log_final: torch.Tensor  # [V] log of the final distribution (-inf where cut)
+    top_id: int | None  # the argmax token when greedy, else None
+
+
+def _check_logits(logits) -> torch.Tensor:
+    """The logits as float64 [V], shifted so the largest is 0; refuses NaN, +inf and all -inf."""
+    x = torch.as_tensor(logits).detach()
+    if x.ndim != 1 or x.numel() == 0:
+        raise ValueError(f"logits must be one non-empty vector [V], got shape {tuple(x.shape)}.")
+    x = x.to(torch.float64)
+    top = float(x.max())  # one pass: max is NaN if any entry is, +inf if any is, -inf if all are
+    if math.isnan(top) or top == math.inf:
+        raise InputError("The model produced NaN or infinite logits; its weights may be broken.")
+    if top == -math.inf:
+        raise InputError("Every logit is -inf: no token is possible.")
+    return x - top  # the largest logit is now 0, so x / T cannot overflow for any T > 0
+
+
+def _exclusive_cumsum(p: torch.Tensor) -> torch.Tensor:
+    """Mass strictly before each entry of a sorted probability vector."""
+    return torch.cat([p.new_zeros(1), torch.cumsum(p, 0)[:-1]])
+
+
+def _top_p_keep(log_p: torch.Tensor, kept: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the most likely tokens until their mass reaches top_p (always at least one).
+
+    A token is kept when the mass of the tokens ranked above it is < top_p (HF's rule, written from the
+    top). Ties are ranked lowest token id first, so the cut is deterministic.
+    """
+    n_kept = int(kept.sum())
+    # Find a threshold below which the cut cannot fall: the k-th largest value once the top k hold
+    # mass ≥ top_p. Taking every token ≥ that value keeps ties together.
+    threshold = None
+    k = _TOP_P_FIRST_WINDOW
+    while k < n_kept:
+        values = torch.topk(log_p, k).values
+        if float(values.exp().sum()) >= top_p:
+            threshold = values[-1]
+            break
+        k *= 4
+    candidates = torch.nonzero(kept if threshold is None else log_p >= threshold).squeeze(1)  # ascending ids
+    order = torch.sort(log_p[candidates], descending=True, stable=True).indices  # stable: low id first
+    ranked = candidates[order]
+    p_sorted = log_p[ranked].exp()
+    keep_sorted = _exclusive_cumsum(p_sorted) < top_p
+    keep_sorted[0] = True  # HF's min_tokens_to_keep=1: top_p = 0 keeps exactly the top token
+    out = torch.zeros_like(kept)
+    out[ranked[keep_sorted]] = True
+    return out
+
+
+def reshape_torch(logits: torch.Tensor, config: SamplingConfig) -> Reshaped:
+    """Temperature → top-k → top-p on one logits vector [V], in float64 on the logits' device."""
+    x = _check_logits(logits)  # float64, shifted so its maximum is 0
+    log_original = torch.log_softmax(x, dim=-1)
+    if config.is_greedy:
+        top = int(torch.argmax(x))  # first maximum: the lowest id on ties, like HF's greedy search
+        one_hot = torch.full_like(x, -math.inf)
+        one_hot[top] = 0.0
+        kept = torch.zeros_like(x, dtype=torch.bool)
+        kept[top] = True
+        return Reshaped(log_original, one_hot, kept, one_hot, top)
+
+    log_tempered = torch.log_softmax(x / config.temperature, dim=-1)
+    kept = torch.ones_like(x, dtype=torch.bool)
+    V = x.numel()
+    if 0 < config.top_k < V:
+        kth = torch.topk(log_tempered, config.top_k).values[-1]
+        kept = log_tempered >= kth  # ties with the k-th survive, as in HF's TopKLogitsWarper
+    if config.top_p < 1.0:
+        # HF's top-p sees the distribution renormalised over what top-k kept.
+        log_p = torch.log_softmax(log_tempered.masked_fill(~kept, -math.inf), dim=-1)
+        kept = _top_p_keep(log_p, kept, config.top_p)
+    if bool(kept.all()):
+        log_final = log_tempered
+    else:
+        log_final = torch.log_softmax(log_tempered.masked_fill(~kept, -math.inf), dim=-1)
+    return Reshaped(log_original, log_tempered, kept, log_final, None)
+
+
+def entropy_of_log(log_p: torch.Tensor) -> float:
+    """Entropy in nats of a distribution given as log-probabilities (-inf entries count as 0)."""
+    p = log_p.exp()
+    terms = torch.where(p > 0, p * log_p, torch.zeros_like(p))
+    return max(0.0, -float(terms.sum()))
+
+
+# --------------------------------------------------------------------------- public numpy API
+
+
+def entropy(probs) -> Entropy:
+    """Shannon entropy of a probability vector [V] (zeros contribute 0), in nats and bits."""
+    p = torch.as_tensor(np.asarray(probs, dtype=np.float64))
+    nats = -float(torch.special.xlogy(p, p).sum())
+    return Entropy.from_nats(max(0.0, nats))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu").numpy()
+
+
+def reshape(logits, config: SamplingConfig | None = None) -> Distribution:
+    """Reshape one logits vector [V] (numpy or torch) by `config`: temperature → top-k → top-p.
+
+    Raises ValueError for a wrong shape and InputError for NaN / +inf logits.
+    """
+    config = config or SamplingConfig()
+    r = reshape_torch(torch.as_tensor(logits), config)
+    return Distribution(
+        config=config,
+        original=_np(r.log_original.exp()),
+        tempered=_np(r.log_tempered.exp()),
+        kept=_np(r.kept),
+        final=_np(r.log_final.exp()),
+        entropy_before=Entropy.from_nats(entropy_of_log(r.log_original)),
+        entropy_tempered=Entropy.from_nats(entropy_of_log(r.log_tempered)),
+        entropy_after=Entropy.from_nats(entropy_of_log(r.log_final)),
+    )
+
+
+def top_entries(dist: Distribution, strings: list[str], n: int = 15) -> list[TokenChoice]:
+    """The n most likely tokens under the model's own distribution, with every stage's probability.
+
+    `strings` is the readable text of every token id (`core.tokens.vocab_strings`). Ties rank the lower
+    id first. Cut-off tokens stay in the list (kept=False) so the chart can grey them out.
+    """
+    if n < 1:
+        raise ValueError("n must be at least 1 (try 15).")
+    n = min(n, dist.vocab_size)
+    ids = np.argsort(-dist.original, kind="stable")[:n]
+    return [
+        TokenChoice(
+            token_id=int(i),
+            text=strings[i] if i < len(strings) else f"<id {int(i)}>",
+            p_original=float(dist.original[i]),
+            p_tempered=float(dist.tempered[i]),
+            p_final=float(dist.final[i]),
+            kept=bool(dist.kept[i]),
+        )
+        for i in ids
+    ]

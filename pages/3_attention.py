@@ -1,0 +1,214 @@
+"""Station 3: self-attention — every head's map, then one token's softmax(QKᵀ/√d)·V step by step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import charts
+from core.attention import all_heads_error, attention_grid_image, gpt2_fused_split, head_patterns, head_steps
+from core.tokens import readable
+from ui import state
+from ui.sidebar import render_sidebar
+from ui.widgets import downloads, token_picker, token_window
+
+st.title("3 · Self-attention")
+st.markdown(
+    "**What happens.** Every token's vector is projected three ways: a **query** q (what am I looking "
+    "for?), a **key** k (what do I offer?) and a **value** v (what do I pass on?). A head scores its "
+    "query against every earlier key, `softmax(q·Kᵀ/√d_head + mask)`, and returns the weighted sum of "
+    "the value rows. **Why it matters.** This is the only place where tokens exchange information; "
+    "each head learns its own notion of which other tokens are relevant."
+)
+
+render_sidebar()
+loaded = state.require_model()
+trace = state.require_trace(loaded)
+info = loaded.info
+labels = [readable(p) for p in trace.pieces]
+patterns = state.derived("head_patterns", head_patterns, loaded, trace)
+
+# ---------------------------------------------------------------- overview
+st.subheader("Every head at once")
+window = token_window(trace.n_tokens, key="att_window", size=24)
+st.image(
+    attention_grid_image(trace, window, tile=36, gap=3),
+    caption=f"Rows: layers 0–{info.n_layer - 1} (top to bottom). Columns: heads 0–{info.n_head - 1}. "
+    "Each square is one head's attention map (query ↓, key →, brightest = most attention); "
+    "grey = the causal mask.",
+)
+stat = st.radio(
+    "Colour the layer × head table by",
+    ["previous token", "first token", "itself", "entropy (bits)"],
+    horizontal=True,
+    key="att_stat",
+)
+matrix = {
+    "previous token": patterns.previous,
+    "first token": patterns.first,
+    "itself": patterns.self_,
+    "entropy (bits)": patterns.entropy,
+}[stat]
+st.altair_chart(
+    charts.heatmap(
+        matrix,
+        [f"layer {i}" for i in range(info.n_layer)],
+        [f"head {h}" for h in range(info.n_head)],
+        title=f"Mean attention share on: {stat}"
+        if "entropy" not in stat
+        else "Mean entropy of each head's rows",
+        row_title="layer",
+        col_title="head",
+        value_title="share" if "entropy" not in stat else "bits",
+        scheme="viridis",
+        domain_mid=None,
+    ),
+    width="stretch",
+)
+
+# ---------------------------------------------------------------- one head
+st.subheader("One head, large")
+c1, c2 = st.columns(2)
+layer = c1.selectbox("Layer", range(info.n_layer), key="att_layer")
+head = c2.selectbox("Head", range(info.n_head), key="att_head")
+st.info(patterns.hint(layer, head))
+A = trace.attentions[layer, head][window, window].astype(np.float64)
+masked = np.where(np.triu(np.ones_like(A, dtype=bool), k=1), np.nan, A)
+st.altair_chart(
+    charts.heatmap(
+        masked,
+        labels[window],
+        labels[window],
+        title=f"Layer {layer}, head {head}: attention weights (blank = masked future)",
+        row_title="query token",
+        col_title="key token",
+        value_title="weight",
+        scheme="blues",
+        domain_mid=None,
+    ),
+    width="stretch",
+)
+downloads(f"attention_L{layer}_H{head}", trace.attentions[layer, head], labels, labels, key="att_map")
+
+# ---------------------------------------------------------------- one token, step by step
+st.subheader("One token, step by step")
+position = token_picker(trace.pieces, "Query token", key="att_token")
+s = head_steps(trace, layer, head, position)
+keys_window = slice(max(0, position + 1 - 24), position + 1)  # the visible keys: up to 24 before the query
+key_labels = labels[keys_window]
+dh = info.d_head
+
+st.markdown(f"**1. The query** `q` of '{labels[position]}' — {dh} numbers.")
+st.altair_chart(
+    charts.heatmap(
+        s.q[None, :], ["q"], None, row_title="vector", col_title="dimension", show_col_labels=False, height=60
+    ),
+    width="stretch",
+)
+st.markdown(f"**2. The keys** `K` of every token it may see (K/V head {s.kv_head}).")
+st.altair_chart(
+    charts.heatmap(
+        s.keys[keys_window],
+        key_labels,
+        None,
+        row_title="key token",
+        col_title="dimension",
+        show_col_labels=False,
+    ),
+    width="stretch",
+)
+steps = pd.DataFrame(
+    {
+        "key token": [f"{i}:{labels[i]}" for i in range(keys_window.start, keys_window.stop)],
+        "3. q·k": s.raw_scores[keys_window],
+        f"4. × 1/√{dh} = {s.scale:.4f}": s.scaled_scores[keys_window],
+        "5. + mask": (s.scaled_scores + s.mask)[keys_window],
+        "6. softmax": s.weights[keys_window],
+        "model's weight": s.model_weights[keys_window],
+    }
+)
+st.markdown(
+    "**3–6. Scores to weights.** Dot each key with the query, scale by `1/√d_head` so the scores do not "
+    "grow with the width, add the mask (−∞ for later tokens — none of them are in this list), softmax."
+)
+st.dataframe(steps, hide_index=True, width="stretch")
+st.altair_chart(
+    charts.bars(
+        key_labels,
+        s.weights[keys_window],
+        title="Attention weights of this query",
+        value_title="weight",
+        sort_desc=False,
+        label_title="key token",
+    ),
+    width="stretch",
+)
+st.markdown("**7. The weighted sum of value rows** `Σ_j w_j · v_j` is the head's output.")
+st.altair_chart(
+    charts.heatmap(
+        np.stack([s.output, s.model_output]),
+        ["by hand", "model"],
+        None,
+        row_title="vector",
+        col_title="dimension",
+        show_col_labels=False,
+        height=80,
+    ),
+    width="stretch",
+)
+c1, c2 = st.columns(2)
+c1.metric("Check: max |hand-computed output − model's head output|", f"{s.output_error:.2e}")
+c2.metric(
+    "Every layer, head and token", f"{state.derived('all_heads_error', all_heads_error, loaded, trace):.2e}"
+)
+downloads(
+    f"qkv_L{layer}_H{head}_T{position}",
+    np.stack([s.q, s.output, s.model_output]),
+    ["q", "output (hand)", "output (model)"],
+    key="att_vectors",
+)
+
+# ---------------------------------------------------------------- family details
+if trace.rotary is not None:
+    st.subheader("Rotary positions and shared keys")
+    before = trace.q_pre_rotary[layer, head, position]
+    after = trace.q[layer, head, position]
+    st.altair_chart(
+        charts.heatmap(
+            np.stack([before, after]),
+            ["q before rotary", "q after rotary"],
+            None,
+            row_title="vector",
+            col_title="dimension",
+            show_col_labels=False,
+            height=80,
+        ),
+        width="stretch",
+    )
+    st.caption(
+        f"Same length before and after ({np.linalg.norm(before):.3f} vs {np.linalg.norm(after):.3f}): "
+        "rotation only turns the pairs, by angles that grow with the position."
+    )
+    group = info.n_head // info.n_kv_head
+    st.markdown(
+        f"**Grouped-query attention.** {info.n_head} query heads share {info.n_kv_head} key/value heads: "
+        f"every {group} consecutive query heads read the same K and V, which shrinks the KV cache {group}×."
+    )
+    st.dataframe(
+        pd.DataFrame(
+            {"query head": range(info.n_head), "K/V head": [trace.kv_head_of(h) for h in range(info.n_head)]}
+        ).T,
+        width="stretch",
+    )
+else:
+    st.subheader("GPT-2's fused projection")
+    split = gpt2_fused_split(loaded, trace, layer)
+    st.markdown(
+        f"GPT-2 computes q, k and v with one matrix `c_attn` of shape {split.weight_shape}: the first "
+        f"{split.part_shape[1]} output columns are W_q, the next W_k, the last W_v. Within each, head *h* "
+        f"owns columns {split.head_slices[0][1]}·h to {split.head_slices[0][1]}·(h+1)."
+    )
+    st.metric(
+        "Check: max |split of ln_1(x)·c_attn − the trace's Q, K, V| (this layer)", f"{split.max_error:.2e}"
+    )

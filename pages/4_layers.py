@@ -1,0 +1,191 @@
+"""Station 4: the residual stream through every block, the logit lens, and a normalisation layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import charts
+from core.layers import norm_effect, residual_stats
+from core.tokens import readable
+from ui import state
+from ui.sidebar import render_sidebar
+from ui.widgets import downloads, token_picker, token_window
+
+st.title("4 · Transformer layers")
+st.markdown(
+    "**What happens.** Each block reads the running vector (the **residual stream**), computes an "
+    "attention update and an MLP update, and *adds* both: `x_(ℓ+1) = x_ℓ + attn_ℓ(x_ℓ) + mlp_ℓ(x_ℓ + "
+    "attn_ℓ)`. **Why it matters.** Nothing is overwritten, only added to — so you can read the stream at "
+    "any depth through the final norm and unembedding (the **logit lens**) and watch the prediction form."
+)
+
+render_sidebar()
+loaded = state.require_model()
+trace = state.require_trace(loaded)
+info = loaded.info
+labels = [readable(p) for p in trace.pieces]
+stats = residual_stats(trace)
+window = token_window(trace.n_tokens, key="layers_window", size=48)
+layer_labels = ["input"] + [f"after block {i}" for i in range(info.n_layer)]
+
+# ---------------------------------------------------------------- the stream
+st.subheader("How big is the vector, and how much does each block turn it?")
+left, right = st.columns(2)
+left.altair_chart(
+    charts.heatmap(
+        stats.norms[:, window],
+        layer_labels,
+        labels[window],
+        title="‖x‖ after each block",
+        row_title="layer",
+        col_title="token",
+        value_title="norm",
+        scheme="viridis",
+        domain_mid=None,
+    ),
+    width="stretch",
+)
+right.altair_chart(
+    charts.heatmap(
+        stats.cos_prev[:, window],
+        layer_labels[1:],
+        labels[window],
+        title="cosine(after block, before block): 1 = unchanged direction",
+        row_title="layer",
+        col_title="token",
+        value_title="cosine",
+        scheme="viridis",
+        domain_mid=None,
+    ),
+    width="stretch",
+)
+left, right = st.columns(2)
+block_labels = [f"block {i}" for i in range(info.n_layer)]
+left.altair_chart(
+    charts.heatmap(
+        stats.attn_norms[:, window],
+        block_labels,
+        labels[window],
+        title="‖attention update‖",
+        row_title="layer",
+        col_title="token",
+        value_title="norm",
+        scheme="oranges",
+        domain_mid=None,
+    ),
+    width="stretch",
+)
+right.altair_chart(
+    charts.heatmap(
+        stats.mlp_norms[:, window],
+        block_labels,
+        labels[window],
+        title="‖MLP update‖",
+        row_title="layer",
+        col_title="token",
+        value_title="norm",
+        scheme="purples",
+        domain_mid=None,
+    ),
+    width="stretch",
+)
+st.metric("Check: max |x_ℓ + attention + MLP − x_(ℓ+1)| / max |x|", f"{stats.sum_error:.2e}")
+downloads("residual_stream", trace.residual, key="layers_residual")
+
+# ---------------------------------------------------------------- logit lens
+st.subheader("Logit lens: what would each layer predict?")
+st.markdown(
+    "Apply the model's own final norm and unembedding to the stream after every block: "
+    "`p_ℓ = softmax(W_U · norm(x_ℓ))`. The last row is exactly the model's output."
+)
+n_lens = min(trace.n_tokens, 16)
+lens_end = window.stop
+lens_positions = list(range(max(window.start, lens_end - n_lens), lens_end))
+lens = state.logit_lens(loaded, trace, lens_positions)
+strings, _, _ = state.vocabulary(loaded)
+rank = lens.target_rank.astype(np.float64)
+has_next = lens.target_ids >= 0
+rank_view = np.log10(1 + np.where(rank >= 0, rank, np.nan))[:, has_next]
+pos_labels = [
+    f"{labels[p]} → {strings[lens.target_ids[i]]}" for i, p in enumerate(lens.positions) if has_next[i]
+]
+if has_next.any():
+    st.altair_chart(
+        charts.heatmap(
+            rank_view,
+            layer_labels,
+            pos_labels,
+            title="Rank of the actual next token at each layer (log10(1 + rank); 0 = top prediction)",
+            row_title="layer",
+            col_title="token → next token",
+            value_title="log10(1+rank)",
+            scheme="viridis",
+            domain_mid=None,
+        ),
+        width="stretch",
+    )
+c1, c2 = st.columns([2, 1])
+pick = c1.selectbox(
+    "Read the lens at token",
+    range(len(lens.positions)),
+    index=len(lens.positions) - 1,
+    format_func=lambda i: f"{lens.positions[i]}: {labels[lens.positions[i]]}",
+    key="lens_token",
+)
+c2.metric("Check: last layer vs the model's output", f"{lens.final_error:.2e}")
+table = pd.DataFrame(
+    {
+        "layer": layer_labels,
+        **{
+            f"top {j + 1}": [
+                f"{strings[lens.top_ids[ell, pick, j]]}  ({lens.top_probs[ell, pick, j]:.1%})"
+                for ell in range(len(layer_labels))
+            ]
+            for j in range(lens.top_ids.shape[-1])
+        },
+    }
+)
+if lens.target_ids[pick] >= 0:
+    table["p(actual next)"] = lens.target_prob[:, pick]
+    table["rank"] = lens.target_rank[:, pick]
+st.dataframe(table, hide_index=True, width="stretch", height=min(38 * len(table) + 40, 600))
+downloads("logit_lens_top_ids", lens.top_ids[:, pick, :], layer_labels, key="lens_dl")
+
+# ---------------------------------------------------------------- normalisation
+st.subheader("What a normalisation layer does to one vector")
+c1, c2 = st.columns(2)
+norm_layer = c1.slider(
+    "Block", 0, info.n_layer - 1, min(info.n_layer - 1, info.n_layer // 2), key="norm_layer"
+)
+norm_token = token_picker(trace.pieces, "Token", key="norm_token", container=c2)
+effect = norm_effect(loaded, trace, norm_layer, norm_token)
+formula = (
+    "`LayerNorm(x) = γ · (x − mean(x)) / √(var(x) + ε) + β`"
+    if effect.kind == "LayerNorm"
+    else "`RMSNorm(x) = γ · x / √(mean(x²) + ε)`"
+)
+st.markdown(f"Block {norm_layer} first applies **{effect.kind}**: {formula}.")
+st.altair_chart(
+    charts.heatmap(
+        np.stack([effect.before, effect.normalised, effect.after]),
+        ["x (residual)", "normalised", "× γ (+ β) = output"],
+        None,
+        row_title="vector",
+        col_title="dimension",
+        show_col_labels=False,
+        height=110,
+    ),
+    width="stretch",
+)
+stats_table = pd.DataFrame(
+    {
+        "": ["before", "after"],
+        "mean": [effect.mean_before, effect.mean_after],
+        "variance": [effect.var_before, effect.var_after],
+        "RMS": [effect.rms_before, effect.rms_after],
+    }
+)
+st.dataframe(stats_table, hide_index=True)
+st.metric("Check: max |formula − the model's norm module|", f"{effect.formula_error:.2e}")

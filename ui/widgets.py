@@ -1,0 +1,72 @@
+"""Small Streamlit widgets the pages share: download buttons and token pickers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import streamlit as st
+
+from core.export import to_csv_bytes, to_npz_bytes
+from core.tokens import readable
+
+MAX_WINDOW = 32  # tokens drawn at once in per-token charts
+
+
+def downloads(
+    name: str,
+    array: np.ndarray,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    key: str | None = None,
+) -> None:
+    """CSV and NPZ download buttons for one array; the files are built only when clicked."""
+    left, right, _ = st.columns([1, 1, 4])
+    key = key or name
+    if np.asarray(array).ndim <= 2:
+        left.download_button(
+            "CSV",
+            lambda: to_csv_bytes(array, row_labels, col_labels),
+            f"{name}.csv",
+            "text/csv",
+            key=f"dl_csv_{key}",
+            icon=":material/download:",
+            on_click="ignore",
+        )
+    right.download_button(
+        "NPZ",
+        lambda: to_npz_bytes(**{name: array}),
+        f"{name}.npz",
+        "application/octet-stream",
+        key=f"dl_npz_{key}",
+        icon=":material/download:",
+        on_click="ignore",
+    )
+
+
+def token_window(n_tokens: int, key: str, size: int = MAX_WINDOW) -> slice:
+    """A window of at most `size` tokens; a slider appears only when the text is longer."""
+    if n_tokens <= size:
+        return slice(0, n_tokens)
+    start = st.slider(
+        f"Token window (showing {size} of {n_tokens})",
+        0,
+        n_tokens - size,
+        n_tokens - size,
+        key=key,
+        help="Long texts are shown a window at a time so charts stay readable.",
+    )
+    return slice(start, start + size)
+
+
+def token_picker(
+    pieces: Sequence[str], label: str, key: str, default: int | None = None, container=st
+) -> int:
+    n = len(pieces)
+    return container.selectbox(
+        label,
+        range(n),
+        index=n - 1 if default is None else min(default, n - 1),
+        format_func=lambda i: f"{i}: {readable(pieces[i])}",
+        key=key,
+    )
