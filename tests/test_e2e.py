@@ -52,7 +52,7 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, model_spec: str, tmp: Path):
+    def __init__(self, model_spec: str, tmp: Path, extra_env: dict[str, str] | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -60,6 +60,7 @@ class Server:
             "VECTORLAB_MODEL": model_spec,
             "VECTORLAB_DATA_DIR": str(tmp / "data"),
             "HF_HUB_OFFLINE": "1",
+            **(extra_env or {}),
         }
         self.log = open(tmp / "streamlit.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -178,3 +179,26 @@ def test_visit_every_page_and_type(server, page):
     wait_idle(page)
     page.get_by_text("The text is empty. Type a sentence in the sidebar to trace it.").first.wait_for()
     assert_no_exception(page, "empty")
+
+
+def test_gpt2_from_local_hf_cache_is_served(browser, tmp_path, tiny_gpt2_dir):
+    """VECTORLAB_MODEL=gpt2 with GPT-2 in the local Hugging Face cache serves GPT-2, offline."""
+    from test_models import _make_hf_cache
+
+    cache = tmp_path / "hub"
+    _make_hf_cache(cache, "gpt2", tiny_gpt2_dir)
+    srv = Server("gpt2", tmp_path, extra_env={"HF_HUB_CACHE": str(cache)})
+    try:
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.goto(srv.url)
+        wait_idle(pg)
+        sidebar = pg.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("From the local Hugging Face cache.").wait_for()
+        assert sidebar.get_by_text("learned absolute table (wpe)").count() == 1
+        pg.locator('[data-testid="stSidebarNavLink"]', has_text="Positional encoding").click()
+        wait_idle(pg)
+        pg.get_by_text("input = token embedding + position vector").first.wait_for()
+        assert_no_exception(pg, "gpt2-from-cache")
+        pg.close()
+    finally:
+        srv.stop()
