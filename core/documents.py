@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import InputError
+from core.errors import InputError, VectorLabError
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,12 @@ class Chunker:
 
     def __init__(self, tokenizer: Any, settings: ChunkSettings | None = None) -> None:
         """`tokenizer` is a `tokenizers.Tokenizer` with truncation off (see SentenceEmbedder.tokenizer())."""
-        from semantic_text_splitter import MarkdownSplitter, TextSplitter
+        try:
+            from semantic_text_splitter import MarkdownSplitter, TextSplitter
+        except ImportError as e:
+            raise VectorLabError(
+                "Chunking needs the `semantic-text-splitter` package: pip install semantic-text-splitter"
+            ) from e
 
         self.settings = settings or ChunkSettings()
         self.tokenizer = tokenizer

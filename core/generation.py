@@ -15,7 +15,7 @@ import torch
 
 from core.errors import InputError
 from core.models import LoadedModel
-from core.sampling import LN2, Entropy, SamplingConfig, TokenChoice, entropy_of_log, reshape_torch
+from core.sampling import LN2, Entropy, SamplingConfig, TokenChoice, draw_token, entropy_of_log, reshape_torch
 from core.tokens import readable
 from core.trace import Trace, tokenize
 
@@ -48,7 +48,7 @@ class GenerationResult:
     config: SamplingConfig
     steps: tuple[GenStep, ...]  # [N]
     token_ids: np.ndarray  # [N] int64, the generated tokens
-    text: str  # the continuation decoded in one go (== "".join(step.text for step in steps))
+    text: str  # the continuation as text (== "".join(step.text for step in steps))
     stopped_at_eos: bool  # True when the last token is an end-of-sequence token
     seconds: float  # wall time of the whole generation, prefill included
     final_probs: np.ndarray | None  # [N, V] float64 final distribution per step; only if asked for
@@ -90,16 +90,31 @@ def _eos_ids(loaded: LoadedModel) -> set[int]:
 
 
 class _Pieces:
-    """Turns generated ids into the text each one adds, holding back unfinished UTF-8 characters."""
+    """Turns generated ids into the text each one adds, holding back unfinished UTF-8 characters.
 
-    def __init__(self, tokenizer) -> None:
+    Decoding starts from the last few prompt tokens, so a tokenizer that drops the leading space of
+    the first decoded token (SentencePiece) still gives the continuation its space.
+    """
+
+    CONTEXT = 4  # prompt tokens decoded in front of the continuation
+
+    def __init__(self, tokenizer, prompt_ids=()) -> None:
         self.tokenizer = tokenizer
+        self.context = [int(i) for i in list(prompt_ids)[-self.CONTEXT :]]
+        self.prefix = tokenizer.decode(self.context) if self.context else ""
         self.ids: list[int] = []
-        self.committed = ""
+        self.committed = ""  # continuation text handed out so far
+
+    def text(self) -> str:
+        """The whole continuation so far."""
+        full = self.tokenizer.decode(self.context + self.ids)
+        if full.startswith(self.prefix):
+            return full[len(self.prefix) :]
+        return self.tokenizer.decode(self.ids)
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        full = self.tokenizer.decode(self.ids)
+        full = self.text()
         if full.endswith("\ufffd"):  # byte-level BPE: this token ends half-way through a character
             return ""
         if not full.startswith(self.committed):  # a tokenizer that rewrites earlier text on decode
@@ -116,6 +131,84 @@ def _check_length(loaded: LoadedModel, n_prompt: int, max_new_tokens: int) -> No
             f"The text has {n_prompt} tokens; with {max_new_tokens} new ones it would pass "
             f"{loaded.info.name}'s limit of {limit} positions. Shorten the text or ask for fewer tokens."
         )
+
+
+@dataclass(frozen=True)
+class _StepNumbers:
+    """What one step records, as plain Python numbers (computed on the model's device)."""
+
+    token_id: int
+    prob: float  # under the final distribution
+    prob_model: float  # under the model's own distribution
+    nats_before: float
+    nats_after: float
+    n_kept: int
+    # (ids, p_original, p_tempered, p_final, kept), each a list of top_n entries
+    candidates: tuple[list[int], list[float], list[float], list[float], list[bool]]
+    final: torch.Tensor | None  # [V] final probabilities; None when greedy (one-hot on token_id)
+
+    def final_probs(self, vocab_size: int) -> np.ndarray:
+        if self.final is not None:
+            return self.final.cpu().numpy()
+        one_hot = np.zeros(vocab_size)
+        one_hot[self.token_id] = 1.0
+        return one_hot
+
+
+def _greedy_numbers(logits: torch.Tensor, top_n: int) -> _StepNumbers:
+    """Greedy step without building one-hot vectors: the same numbers `reshape` gives for greedy.
+
+    Only whole-row kernels touch the V logits (softmax, log_softmax, topk, one dot product), which
+    keeps the per-token cost a small fraction of a forward pass.
+    """
+    log_p = torch.log_softmax(logits, dim=-1, dtype=torch.float64)  # [V]
+    top_lp, top_ids = torch.topk(log_p, min(max(top_n, 2), log_p.numel()))
+    best = float(top_lp[0])
+    if not math.isfinite(best):
+        raise InputError("The model produced NaN or infinite logits; its weights may be broken.")
+    token = int(top_ids[0])
+    if len(top_lp) > 1 and float(top_lp[1]) == best:  # a tie: take the first maximum, as argmax does
+        token = int(torch.argmax(logits))
+    top_lp, top_ids = top_lp[:top_n], top_ids[:top_n]
+    ids = top_ids.tolist()
+    chosen = [i == token for i in ids]
+    one_hot = [1.0 if c else 0.0 for c in chosen]
+    return _StepNumbers(
+        token_id=token,
+        prob=1.0,
+        prob_model=math.exp(float(log_p[token])),
+        nats_before=entropy_of_log(log_p, torch.softmax(logits, dim=-1, dtype=torch.float64)),
+        nats_after=0.0,
+        n_kept=1,
+        candidates=(ids, top_lp.exp().tolist(), one_hot, one_hot, chosen),
+        final=None,
+    )
+
+
+def _sampled_numbers(
+    logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None, top_n: int
+) -> _StepNumbers:
+    """Reshape (temperature → top-k → top-p) and draw one token with `generator`."""
+    r = reshape_torch(logits, config)
+    final = r.log_final.exp()  # [V]
+    token = draw_token(final, generator)
+    top_lp, top_ids = torch.topk(r.log_original, min(top_n, r.log_original.numel()))
+    return _StepNumbers(
+        token_id=token,
+        prob=float(final[token]),
+        prob_model=math.exp(float(r.log_original[token])),
+        nats_before=entropy_of_log(r.log_original),
+        nats_after=entropy_of_log(r.log_final, final),
+        n_kept=int(r.kept.sum()),
+        candidates=(
+            top_ids.tolist(),
+            top_lp.exp().tolist(),
+            r.log_tempered[top_ids].exp().tolist(),
+            final[top_ids].tolist(),
+            r.kept[top_ids].tolist(),
+        ),
+        final=final,
+    )
 
 
 def generate_steps(
@@ -160,7 +253,7 @@ def generate_steps(
             strings[token_id] = readable(tokenizer.decode([token_id]))
         return strings[token_id]
 
-    pieces = _Pieces(tokenizer)
+    pieces = _Pieces(tokenizer, ids)
     steps: list[GenStep] = []
     finals: list[np.ndarray] = []
     stopped = False
@@ -170,34 +263,29 @@ def generate_steps(
         input_ids = torch.as_tensor(ids, device=device)[None]  # [1, P]
         out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
         for step in range(max_new_tokens):
-            r = reshape_torch(out.logits[0, -1], config)  # [V] float64 log-space
-            if r.top_id is not None:
-                token = r.top_id
+            logits = out.logits[0, -1]  # [V]
+            if config.is_greedy:
+                numbers = _greedy_numbers(logits, top_n)
             else:
-                token = int(torch.multinomial(r.log_final.exp(), 1, generator=generator))
-            top_lp, top_ids = torch.topk(r.log_original, min(top_n, r.log_original.numel()))
-            cand_ids = top_ids.tolist()
-            p_orig = top_lp.exp().tolist()
-            p_temp = r.log_tempered[top_ids].exp().tolist()
-            p_final = r.log_final[top_ids].exp().tolist()
-            kept = r.kept[top_ids].tolist()
+                numbers = _sampled_numbers(logits, config, generator, top_n)
+            token = numbers.token_id
             record = GenStep(
                 step=step,
                 token_id=token,
                 text=pieces.add(token),
-                prob=math.exp(float(r.log_final[token])),
-                prob_model=math.exp(float(r.log_original[token])),
-                entropy_before=Entropy.from_nats(entropy_of_log(r.log_original)),
-                entropy_after=Entropy.from_nats(0.0 if r.top_id is not None else entropy_of_log(r.log_final)),
-                n_kept=1 if r.top_id is not None else int(r.kept.sum()),
+                prob=numbers.prob,
+                prob_model=numbers.prob_model,
+                entropy_before=Entropy.from_nats(numbers.nats_before),
+                entropy_after=Entropy.from_nats(numbers.nats_after),
+                n_kept=numbers.n_kept,
                 candidates=tuple(
                     TokenChoice(i, text_of(i), po, pt, pf, k)
-                    for i, po, pt, pf, k in zip(cand_ids, p_orig, p_temp, p_final, kept, strict=True)
+                    for i, po, pt, pf, k in zip(*numbers.candidates, strict=True)
                 ),
             )
             steps.append(record)
             if keep_distributions:
-                finals.append(r.log_final.exp().cpu().numpy())
+                finals.append(numbers.final_probs(len(logits)))
             if on_step is not None:
                 on_step(record)
             if token in eos_ids:
@@ -209,10 +297,11 @@ def generate_steps(
     seconds = time.perf_counter() - start
 
     new_ids = [s.token_id for s in steps]
-    full_text = tokenizer.decode(new_ids)
-    if steps and "".join(s.text for s in steps) != full_text:
+    full_text = pieces.text()
+    handed_out = "".join(s.text for s in steps[:-1])
+    if steps and handed_out + steps[-1].text != full_text and full_text.startswith(handed_out):
         # The last token left a character unfinished: give the held-back text to the last step.
-        steps[-1] = _with_text(steps[-1], full_text[len("".join(s.text for s in steps[:-1])) :])
+        steps[-1] = _with_text(steps[-1], full_text[len(handed_out) :])
     log.info("generated %d tokens in %.2f s (%s)", len(steps), seconds, loaded.info.name)
     return GenerationResult(
         prompt=text,
@@ -273,4 +362,3 @@ def surprisal(trace: Trace) -> Surprisal:
             f"guess as a fair pick among {perplexity:.1f} tokens (the perplexity)."
         ),
     )
-

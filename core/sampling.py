@@ -175,27 +175,48 @@ def reshape_torch(logits: torch.Tensor, config: SamplingConfig) -> Reshaped:
         return Reshaped(log_original, one_hot, kept, one_hot, top)
 
     log_tempered = torch.log_softmax(x / config.temperature, dim=-1)
-    kept = torch.ones_like(x, dtype=torch.bool)
-    V = x.numel()
-    if 0 < config.top_k < V:
+    if 0 < config.top_k < x.numel():
         kth = torch.topk(log_tempered, config.top_k).values[-1]
         kept = log_tempered >= kth  # ties with the k-th survive, as in HF's TopKLogitsWarper
-    if config.top_p < 1.0:
-        # HF's top-p sees the distribution renormalised over what top-k kept.
-        log_p = torch.log_softmax(log_tempered.masked_fill(~kept, -math.inf), dim=-1)
-        kept = _top_p_keep(log_p, kept, config.top_p)
-    if bool(kept.all()):
+        log_final = _renormalise(log_tempered, kept)
+    else:  # top-k off, or asks for the whole vocabulary
+        kept = torch.ones_like(x, dtype=torch.bool)
         log_final = log_tempered
-    else:
-        log_final = torch.log_softmax(log_tempered.masked_fill(~kept, -math.inf), dim=-1)
+    if config.top_p < 1.0:
+        # HF's top-p sees the distribution renormalised over what top-k kept: that is log_final so far.
+        kept = _top_p_keep(log_final, kept, config.top_p)
+        log_final = _renormalise(log_tempered, kept)
     return Reshaped(log_original, log_tempered, kept, log_final, None)
 
 
-def entropy_of_log(log_p: torch.Tensor) -> float:
-    """Entropy in nats of a distribution given as log-probabilities (-inf entries count as 0)."""
-    p = log_p.exp()
-    terms = torch.where(p > 0, p * log_p, torch.zeros_like(p))
-    return max(0.0, -float(terms.sum()))
+def _renormalise(log_p: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """log_p restricted to `kept` and renormalised to sum to 1 (-inf elsewhere)."""
+    return torch.log_softmax(log_p.masked_fill(~kept, -math.inf), dim=-1)
+
+
+def draw_token(probs: torch.Tensor, generator: torch.Generator | None = None) -> int:
+    """Draw one token id from probabilities [V] by inverting the cumulative sum at a uniform u in [0, 1).
+
+    A token with probability 0 is never drawn: its cumulative sum equals its predecessor's.
+    """
+    cumulative = torch.cumsum(probs, dim=0)  # [V], last entry ≈ 1
+    u = torch.rand((), generator=generator, device=probs.device, dtype=cumulative.dtype)
+    index = int(torch.searchsorted(cumulative, u * cumulative[-1], right=True))
+    if index >= len(probs) or float(probs[index]) == 0.0:  # u·total rounded up to the total
+        index = int(torch.nonzero(probs).max())
+    return index
+
+
+def entropy_of_log(log_p: torch.Tensor, p: torch.Tensor | None = None) -> float:
+    """Entropy in nats of a distribution given as log-probabilities [V] (-inf entries count as 0).
+
+    Pass `p` = exp(log_p) when it is already at hand; the sum is one dot product.
+    """
+    p = log_p.exp() if p is None else p
+    nats = -float(torch.dot(p, log_p))
+    if math.isnan(nats):  # 0 · (-inf) where a token is impossible: those terms are 0
+        nats = -float(torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum())
+    return max(0.0, nats)
 
 
 # --------------------------------------------------------------------------- public numpy API

@@ -373,6 +373,8 @@ def test_adam_state_matches_torch_adamw(gpt2, tok):
     assert seen[0][0].clipped  # the first gradients are larger than 0.5: what AdamW saw was clipped
     with pytest.raises(InputError, match="no parameter called 'nope'"):
         run.adam_state("nope")
+    with pytest.raises(InputError, match=re.escape("token id 50257 is outside the vocabulary (0 … 50256).")):
+        run.token_embedding_grad(50257)
 
 
 def test_stop_and_resume_equals_an_uninterrupted_run(_gpt2_master, tok):
@@ -472,6 +474,25 @@ def test_a_crash_between_the_renames_restores_the_previous_checkpoint(gpt2, tok,
     # A crash with no chance to clean up: the old one is retired, the new one not in place yet.
     os.replace(ckroot / "swap", ckroot / ".swap.old-12345678")
     assert [(c.name, c.steps) for c in list_checkpoints(ckroot)] == [("swap", 2)]
+
+
+def test_from_loaded_trains_a_copy_and_checkpoints_can_be_deleted(_gpt2_master, tok, ckroot):
+    from types import SimpleNamespace
+
+    original = _params(_gpt2_master)
+    loaded = SimpleNamespace(model=_gpt2_master, tokenizer=tok, info=SimpleNamespace(name="tiny GPT-2"))
+    config = TrainConfig(**{**FAST, "steps": 1})
+    run = FineTuneRun.from_loaded(
+        loaded, prepare_data(TEXT, tok, config), config, checkpoint_name="copy", checkpoint_root=ckroot
+    )
+    run.run()
+    assert run.model is not _gpt2_master and not _gpt2_master.training
+    assert all(torch.equal(p, original[n]) for n, p in _gpt2_master.named_parameters())
+    assert [(c.name, c.base_model) for c in list_checkpoints(ckroot)] == [("copy", "tiny GPT-2")]
+    ckpt.delete_checkpoint("copy", root=ckroot)
+    assert list_checkpoints(ckroot) == [] and list(ckroot.iterdir()) == []
+    with pytest.raises(InputError, match=re.escape("There is no checkpoint called 'copy'.")):
+        ckpt.delete_checkpoint("copy", root=ckroot)
 
 
 def test_bad_checkpoint_names_and_missing_checkpoints(gpt2, tok, ckroot):

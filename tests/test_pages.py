@@ -189,3 +189,43 @@ def test_two_thousand_token_text_stays_usable(smollm2):
         assert any("the first 512 are traced" in w.value for w in at.warning)
         at.slider(key="att_window" if "attention" in page else "layers_window").set_value(100).run()
         assert_clean(at)
+
+
+def test_output_page_controls_and_generation(tiny_model_dir):
+    at = app_test("pages/5_output.py", tiny_model_dir, "The cat sat on the mat and the cat").run()
+    assert_clean(at)
+    assert float(metrics(at)["Check: Σ p"]) == pytest.approx(1.0, abs=1e-6)
+    vocab = metrics(at)["Tokens kept"].split(" of ")[1]
+    # Temperature 0 collapses onto one token.
+    at.number_input(key="out_temperature").set_value(0.0).run()
+    assert metrics(at)["Tokens kept"] == f"1 of {vocab}"
+    assert metrics(at)["Entropy (reshaped)"] == "0.00 bits"
+    # Top-k 5 keeps five; top-p 0 keeps exactly the top token.
+    at.number_input(key="out_temperature").set_value(1.0).run()
+    at.number_input(key="out_top_k").set_value(5).run()
+    assert metrics(at)["Tokens kept"] == f"5 of {vocab}"
+    at.number_input(key="out_top_k").set_value(0).run()
+    at.slider(key="out_top_p").set_value(0.0).run()
+    assert metrics(at)["Tokens kept"] == f"1 of {vocab}"
+    at.slider(key="out_top_p").set_value(1.0).run()
+    at.number_input(key="out_temperature").set_value(100.0).run()
+    assert_clean(at)
+    assert float(metrics(at)["Check: Σ p"]) == pytest.approx(1.0, abs=1e-6)
+    # Greedy generation, then seeded sampling; both show every step.
+    at.slider(key="gen_n").set_value(5).run()
+    at.button(key="gen_go").click().run()
+    assert_clean(at)
+    assert any(c.value.startswith("5 tokens in") for c in at.caption)
+    at.radio(key="gen_mode").set_value("sample with the settings above").run()
+    at.number_input(key="out_temperature").set_value(0.8).run()
+    at.button(key="gen_go").click().run()
+    assert_clean(at)
+    at.slider(key="gen_step").set_value(3).run()
+    assert any(m.value.startswith("Step 3: chose") for m in at.markdown)
+    assert float(metrics(at)["Perplexity"]) > 1.0
+
+
+def test_output_page_single_token_has_no_perplexity(tiny_gpt2_dir):
+    at = app_test("pages/5_output.py", str(tiny_gpt2_dir), "Hi").run()
+    assert_clean(at)
+    assert "Perplexity" not in metrics(at)

@@ -145,6 +145,7 @@ def test_the_same_content_is_indexed_once(fresh_index):  # noqa: F811
     doc = small_doc("bees.txt", "Bees dance to show where flowers are.")
     first = index.add_documents([doc])
     assert [d.name for d in first.added] == ["bees.txt"] and first.n_chunks == 1
+    assert index.has_document(doc.content_hash)
     count = index.count()
     again = index.add_files([("bees.txt", doc.text.encode())])
     renamed = index.add_files([("copy of bees.md", doc.text.encode())])
@@ -179,6 +180,7 @@ def test_deleting_a_document_removes_only_its_chunks(fresh_index):  # noqa: F811
     drop = small_doc("drop.txt", "Octopuses change colour using chromatophores in their skin.")
     index.add_documents([keep, drop])
     assert index.delete_document(drop.content_hash) == 1
+    assert not index.has_document(drop.content_hash) and index.has_document(keep.content_hash)
     assert [d.name for d in index.list_documents()] == ["keep.txt"]
     assert {h.doc_name for h in index.search("octopus skin colour", k=5).hits} == {"keep.txt"}
     message = f"No indexed document has hash {drop.content_hash[:12]}...; refresh the list."

@@ -56,4 +56,14 @@ STATIONS = (
         "You can watch the answer form: early layers guess generic words, later layers the right one. The "
         "last layer's reading is exactly the model's output.",
     ),
+    Station(
+        5,
+        "Output softmax",
+        "pages/5_output.py",
+        ":material/bar_chart:",
+        "The final vector is scored against every vocabulary row; softmax turns the scores into "
+        "next-token probabilities, which temperature, top-k and top-p reshape before a token is drawn.",
+        "This is where a vector becomes a word. Generation is this one step repeated, and surprisal "
+        "shows how well the model predicted your own text.",
+    ),
 )

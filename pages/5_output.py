@@ -1,0 +1,140 @@
+"""Station 5: the output softmax — the next-token distribution, how sampling reshapes it, generation."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import VectorLabError
+from core.generation import generate_steps, surprisal
+from core.output_charts import (
+    distribution_chart,
+    entropy_chart,
+    generated_html,
+    probability_legend_html,
+    surprisal_chart,
+)
+from core.sampling import SamplingConfig, reshape, top_entries
+from ui import state
+from ui.sidebar import render_sidebar
+from ui.widgets import downloads
+
+st.title("5 · Output softmax")
+st.markdown(
+    "**What happens.** The last vector goes through the final norm and the unembedding matrix, giving "
+    "one score (logit) per vocabulary entry; `softmax(logits / T)` turns them into probabilities, and "
+    "sampling picks a token. **Why it matters.** Everything the model computed ends in this one "
+    "distribution — temperature, top-k and top-p only reshape it, and generation repeats it token by token."
+)
+
+render_sidebar()
+loaded = state.require_model()
+trace = state.require_trace(loaded)
+strings, _, _ = state.vocabulary(loaded)
+
+# ---------------------------------------------------------------- controls
+st.subheader("The next-token distribution")
+c1, c2, c3, c4 = st.columns(4)
+temperature = c1.number_input(
+    "Temperature",
+    0.0,
+    100.0,
+    1.0,
+    0.1,
+    key="out_temperature",
+    help="0 = always the most likely token (greedy).",
+)
+top_k = c2.number_input("Top-k (0 = off)", 0, len(strings), 0, 1, key="out_top_k")
+top_p = c3.slider("Top-p (1 = off)", 0.0, 1.0, 1.0, 0.01, key="out_top_p")
+n_show = c4.slider("Tokens shown", 5, 40, 15, key="out_n")
+try:
+    config = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+except ValueError as e:
+    st.error(str(e))
+    st.stop()
+
+dist = reshape(trace.last_logits, config)
+entries = top_entries(dist, strings, n=n_show)
+st.altair_chart(
+    distribution_chart(entries, title=f"After '{trace.pieces[-1]}': model vs reshaped", show_tempered=True),
+    width="stretch",
+)
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Tokens kept", f"{dist.n_kept:,} of {dist.vocab_size:,}")
+m2.metric("Entropy (model)", f"{dist.entropy_before.bits:.2f} bits")
+m3.metric("Entropy (reshaped)", f"{dist.entropy_after.bits:.2f} bits")
+m4.metric("Check: Σ p", f"{dist.final.sum():.6f}")
+if config.is_greedy:
+    st.caption("Temperature 0: the distribution collapses onto the single most likely token.")
+elif dist.n_kept < dist.vocab_size:
+    st.caption(
+        "Grey bars were cut by top-k / top-p; the survivors are renormalised to sum to 1, so each kept "
+        "token's final probability is its tempered probability divided by the kept mass."
+    )
+downloads(
+    "next_token_probabilities",
+    pd.DataFrame([e.__dict__ for e in entries]).drop(columns=["text"]).to_numpy(dtype=float),
+    [e.text for e in entries],
+    ["token_id", "p_original", "p_tempered", "p_final", "kept"],
+    key="out_dist",
+)
+
+# ---------------------------------------------------------------- generation
+st.subheader("Generate, one step at a time")
+c1, c2, c3 = st.columns(3)
+n_new = c1.slider("New tokens", 1, 64, 12, key="gen_n")
+mode = c2.radio("Decoding", ["greedy", "sample with the settings above"], key="gen_mode")
+seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
+if st.button("Generate", type="primary", key="gen_go"):
+    gen_config = SamplingConfig(
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        seed=int(seed),
+        greedy=mode == "greedy",
+    )
+    bar = st.progress(0.0, text="Generating…")
+
+    def on_step(step) -> None:
+        bar.progress((step.step + 1) / n_new, text=f"Token {step.step + 1} of {n_new}: {step.text!r}")
+
+    try:
+        st.session_state["gen_result"] = generate_steps(
+            loaded, trace.text, n_new, gen_config, on_step=on_step
+        )
+    except (VectorLabError, ValueError) as e:
+        st.error(str(e))
+    bar.empty()
+
+result = st.session_state.get("gen_result")
+if result is not None and result.prompt == trace.text:
+    st.html(generated_html(result, by="model") + probability_legend_html())
+    st.caption(
+        f"{result.n_new} tokens in {result.seconds:.2f} s ({result.tokens_per_second:.1f} tokens/s)"
+        + (" — stopped at end-of-sequence." if result.stopped_at_eos else ".")
+    )
+    st.altair_chart(entropy_chart(result, title="Entropy of each step's distribution"), width="stretch")
+    step_index = st.slider("Inspect step", 0, result.n_new - 1, 0, key="gen_step") if result.n_new > 1 else 0
+    step = result.steps[step_index]
+    st.markdown(
+        f"Step {step.step}: chose **{step.text!r}** with p = {step.prob:.3f} "
+        f"(the model's own p = {step.prob_model:.3f}; {step.n_kept:,} tokens were in the running)."
+    )
+    st.altair_chart(
+        distribution_chart(list(step.candidates), title=f"Step {step.step}'s distribution"), width="stretch"
+    )
+elif result is not None:
+    st.caption("The text changed since the last generation; press Generate again.")
+
+# ---------------------------------------------------------------- surprisal
+st.subheader("How surprised was the model by your text?")
+s = surprisal(trace)
+st.markdown(s.message)
+if s.perplexity is not None:
+    c1, c2 = st.columns(2)
+    c1.metric("Mean surprisal", f"{s.mean_bits:.2f} bits/token")
+    c2.metric("Perplexity", f"{s.perplexity:.2f}")
+    st.altair_chart(
+        surprisal_chart(s, title="Surprisal of each token, −log₂ p(token | earlier tokens)"), width="stretch"
+    )
+    downloads("surprisal_bits", s.bits, list(s.pieces), key="out_surprisal")
