@@ -7,11 +7,12 @@ data directory. Names with path separators are rejected rather than silently sho
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -354,3 +355,39 @@ def preview_chunks(document: Document, chunker: Chunker, max_rows: int = 50) -> 
         chunks=chunks[:max_rows],
         overlap_chars=overlaps[:max_rows],
     )
+
+
+CHUNK_COLOURS = ("#dbeafe", "#dcfce7")  # alternating shades for neighbouring chunks
+OVERLAP_COLOUR = "#fde68a"  # text that belongs to two chunks at once
+_BADGE_STYLE = (
+    "font-size: 0.7rem; font-weight: 600; color: #1e3a8a; background: #e0e7ff; border-radius: 4px; "
+    "padding: 0 4px; margin-right: 2px;"
+)
+
+
+def chunks_html(text: str, chunks: Sequence[Chunk], max_chars: int = 20_000) -> str:
+    """The document text with each chunk shaded (alternating colours), text shared by two chunks in
+    yellow, and a badge `#i · n tok` where each chunk starts. Everything from the document is escaped.
+
+    Shows the text up to the end of the last given chunk, at most `max_chars` characters."""
+    end = min(max((c.char_end for c in chunks), default=0), max_chars)
+    starts: dict[int, list[Chunk]] = {}
+    for c in chunks:
+        if c.char_start < end:
+            starts.setdefault(c.char_start, []).append(c)
+    points = sorted({0, end} | {min(p, end) for c in chunks for p in (c.char_start, c.char_end)})
+    parts = ['<div style="white-space: pre-wrap; line-height: 1.8; font-size: 0.9rem;">']
+    for a, b in zip(points, points[1:], strict=False):
+        for c in starts.get(a, []):
+            parts.append(f'<span style="{_BADGE_STYLE}">#{c.index} · {c.n_tokens} tok</span>')
+        covering = [c for c in chunks if c.char_start <= a and b <= c.char_end]
+        piece = html.escape(text[a:b])
+        if not covering:
+            parts.append(piece)
+            continue
+        colour = OVERLAP_COLOUR if len(covering) > 1 else CHUNK_COLOURS[covering[0].index % 2]
+        parts.append(f'<span style="background: {colour};">{piece}</span>')
+    if end < max((c.char_end for c in chunks), default=0) or (not chunks and text):
+        parts.append(" …")
+    parts.append("</div>")
+    return "".join(parts)

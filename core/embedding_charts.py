@@ -1,5 +1,6 @@
 """Altair charts for the Embeddings and Search stations: similarity heatmap, labelled 2-D scatter
-coloured by cluster, and the chunk map with the query on it. Pure specs; pages only render them."""
+coloured by cluster, two encoders scoring the same sentence pairs, and the chunk map with the query
+on it. Pure specs; pages only render them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from core.embeddings import PairScore
 from core.errors import InputError
 from core.search import EmbeddingMap
 
@@ -77,6 +79,34 @@ def embedding_scatter(
     )
     names = base.mark_text(align="left", dx=7, dy=-4, fontSize=11).encode(text="label:N")
     return (points + names).interactive()
+
+
+def pair_comparison_chart(
+    scores: Sequence[PairScore], title: str = "The same pairs scored by each encoder"
+) -> alt.Chart:
+    """One group of bars per sentence pair, one bar per encoder: cosine similarity of the pair."""
+    if not scores:
+        raise InputError("There are no sentence pairs to chart.")
+    names = [f"{i + 1}. {_short(s.first, 28)} | {_short(s.second, 28)}" for i, s in enumerate(scores)]
+    frame = pd.DataFrame(
+        [
+            {"pair": name, "encoder": encoder, "cosine": value, "first": s.first, "second": s.second}
+            for name, s in zip(names, scores, strict=True)
+            for encoder, value in s.scores.items()
+        ]
+    )
+    low = min(0.0, float(frame["cosine"].min()))  # cosine can be negative; keep 0 in view
+    return (
+        alt.Chart(frame, title=title)
+        .mark_bar()
+        .encode(
+            y=alt.Y("pair:N", sort=names, title=None, axis=alt.Axis(labelLimit=420)),
+            yOffset=alt.YOffset("encoder:N"),
+            x=alt.X("cosine:Q", title="cosine similarity", scale=alt.Scale(domain=[low, 1.0])),
+            color=alt.Color("encoder:N", title="encoder", legend=alt.Legend(orient="bottom")),
+            tooltip=["first", "second", "encoder", alt.Tooltip("cosine:Q", format=".3f")],
+        )
+    )
 
 
 def search_map_chart(embedding_map: EmbeddingMap, highlight_ids: Sequence[str] = ()) -> alt.Chart:

@@ -5,6 +5,7 @@ zero-shot labels, "more like this")."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,13 +371,18 @@ def zero_shot_classify(
     return predictions
 
 
+def label_prompts(labels: Sequence[str], template: str = "{}") -> list[str]:
+    """Each label put through `template` (e.g. "This is about {}.") -> the texts that get embedded."""
+    if "{}" not in template:
+        raise InputError("The label template must contain {} where the label goes, e.g. 'About {}.'")
+    return [template.replace("{}", label) for label in labels]
+
+
 def zero_shot_texts(
     embedder: Embedder, texts: Sequence[str], labels: Sequence[str], template: str = "{}"
 ) -> list[ZeroShotPrediction]:
     """Embed texts and labels (each label put through `template`, e.g. "This is about {}.") and classify."""
-    if "{}" not in template:
-        raise InputError("The label template must contain {} where the label goes, e.g. 'About {}.'")
-    label_texts = [template.format(label) for label in labels]
+    label_texts = label_prompts(labels, template)
     return zero_shot_classify(embedder.encode(texts), embedder.encode(label_texts), labels)
 
 
@@ -399,3 +405,78 @@ def more_like_this(embeddings: np.ndarray, item: int, k: int = 3) -> list[Recomm
     sims[item] = -np.inf
     order = np.argsort(-sims, kind="stable")[: min(k, n - 1)]
     return [Recommendation(index=int(i), score=float(sims[i])) for i in order]
+
+
+# --- reading what the user typed ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentenceList:
+    """Sentences typed one per line, after empty lines are dropped and the caps applied."""
+
+    sentences: list[str]
+    n_dropped: int  # non-empty lines past `max_items`, left out
+    n_shortened: int  # lines cut to `max_chars`
+
+
+def sentences_from_lines(
+    text: str, max_items: int = 30, max_chars: int = 500, min_items: int = 2
+) -> SentenceList:
+    """One sentence per non-empty line; at most `max_items` lines of at most `max_chars` characters."""
+    lines = [line.strip() for line in (text or "").splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) < min_items:
+        raise InputError(
+            f"Type at least {min_items} sentences, one per line, to compare them "
+            f"(found {len(lines)}; empty lines are ignored)."
+        )
+    kept = lines[:max_items]
+    shortened = sum(len(line) > max_chars for line in kept)
+    return SentenceList(
+        sentences=[line[:max_chars] for line in kept],
+        n_dropped=len(lines) - len(kept),
+        n_shortened=shortened,
+    )
+
+
+def labels_from_text(text: str) -> list[str]:
+    """Comma- or newline-separated labels, stripped, empty ones dropped, repeats removed (order kept)."""
+    parts = (part.strip() for part in re.split(r"[,\n]", text or ""))
+    return list(dict.fromkeys(part for part in parts if part))
+
+
+def pairs_from_lines(text: str, separator: str = "|", max_pairs: int = 12) -> list[tuple[str, str]]:
+    """Sentence pairs typed one per line as `first | second`; empty lines are ignored."""
+    pairs: list[tuple[str, str]] = []
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = [part.strip() for part in line.split(separator)]
+        if len(parts) != 2 or not all(parts):
+            raise InputError(
+                f"Line {number} is not a pair: write two sentences separated by one '{separator}', "
+                f"like 'A man plays guitar {separator} Someone strums a guitar'."
+            )
+        pairs.append((parts[0], parts[1]))
+    if not pairs:
+        raise InputError(f"Type at least one pair of sentences, one per line: 'first {separator} second'.")
+    if len(pairs) > max_pairs:
+        raise InputError(f"{len(pairs)} pairs is more than {max_pairs}; remove some lines.")
+    return pairs
+
+
+@dataclass(frozen=True)
+class SimilarPair:
+    """Two items (row indices) and their cosine similarity."""
+
+    first: int
+    second: int
+    cosine: float
+
+
+def most_similar_pairs(similarity: np.ndarray) -> list[SimilarPair]:
+    """Every pair i < j of an [N, N] similarity matrix, most similar first (ties keep row order)."""
+    sim = np.asarray(similarity)
+    rows, cols = np.triu_indices(sim.shape[0], k=1)
+    order = np.argsort(-sim[rows, cols], kind="stable")
+    return [SimilarPair(int(rows[i]), int(cols[i]), float(sim[rows[i], cols[i]])) for i in order]

@@ -3,6 +3,7 @@ and a greedy answer from a Hugging Face causal LM that cites them."""
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from collections.abc import Sequence
@@ -94,6 +95,22 @@ def cited_sources(answer: str, n_sources: int) -> list[int]:
     return found
 
 
+@dataclass(frozen=True)
+class PromptText:
+    """A RagPrompt as the model reads it: after the tokenizer's chat template, if it has one."""
+
+    text: str
+    used_chat_template: bool  # True: `text` already holds the special tokens the template adds
+
+
+def render_prompt(prompt: RagPrompt, tokenizer: Any) -> PromptText:
+    """The exact text the model will read for `prompt` (chat template if the tokenizer has one)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+        return PromptText(text=text, used_chat_template=True)
+    return PromptText(text=prompt.plain, used_chat_template=False)
+
+
 def answer_with_lm(
     model: Any,
     tokenizer: Any,
@@ -104,17 +121,29 @@ def answer_with_lm(
     """Ask a causal LM the question over the hits, greedily, and return its answer and sources.
 
     Uses the tokenizer's chat template when it has one, else the plain prompt."""
+    settings = settings or RagSettings()
+    rendered = render_prompt(build_rag_prompt(question, hits, settings), tokenizer)
+    return answer_from_text(model, tokenizer, rendered, hits, settings)
+
+
+def answer_from_text(
+    model: Any,
+    tokenizer: Any,
+    prompt: PromptText,
+    sources: Sequence[Hit],
+    settings: RagSettings | None = None,
+) -> RagAnswer:
+    """Generate greedily after exactly `prompt.text` (e.g. a prompt the user edited); citations [k]
+    in the answer are matched against `sources`."""
     import torch
 
     settings = settings or RagSettings()
-    prompt = build_rag_prompt(question, hits, settings)
-    use_chat = bool(getattr(tokenizer, "chat_template", None))
-    if use_chat:
-        text = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
-        input_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    else:
-        text = prompt.plain
-        input_ids = tokenizer(text, return_tensors="pt")["input_ids"]  # [1, T]
+    text = prompt.text
+    if not text.strip():
+        raise InputError("The prompt is empty; search again to rebuild it from the retrieved chunks.")
+    # A templated prompt already holds its special tokens; adding them again would double the BOS.
+    encoded = tokenizer(text, add_special_tokens=not prompt.used_chat_template, return_tensors="pt")
+    input_ids = encoded["input_ids"]  # [1, T]
     n_prompt = int(input_ids.shape[1])
     config = model.config
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -138,8 +167,22 @@ def answer_with_lm(
     return RagAnswer(
         answer=answer,
         prompt_text=text,
-        sources=list(hits),
-        cited=cited_sources(answer, len(hits)),
+        sources=list(sources),
+        cited=cited_sources(answer, len(sources)),
         n_prompt_tokens=n_prompt,
-        used_chat_template=use_chat,
+        used_chat_template=prompt.used_chat_template,
     )
+
+
+def answer_html(answer: str, n_sources: int, anchor_prefix: str = "hit-") -> str:
+    """The answer html-escaped, with every citation [k] of an existing source linked to `#<prefix>k`."""
+
+    def link(match: re.Match[str]) -> str:
+        def one(number: re.Match[str]) -> str:
+            k = int(number.group())
+            return f'<a href="#{anchor_prefix}{k}">{k}</a>' if 1 <= k <= n_sources else number.group()
+
+        return "[" + re.sub(r"\d+", one, match.group(1)) + "]"
+
+    body = re.sub(r"\[([\d,\s]+)\]", link, html.escape(answer))
+    return f'<div style="white-space: pre-wrap; line-height: 1.6;">{body}</div>'

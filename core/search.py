@@ -89,10 +89,28 @@ class VectorLabEmbeddingFunction(EmbeddingFunction[Documents]):
         return ["cosine", "ip", "l2"]
 
 
-def make_client(path: str | Path | None = None) -> Any:
-    """A Chroma client: embedded at `path` if given; else a server if CHROMA_HOST/CHROMA_PORT are set;
-    else embedded under `data_dir()/chroma`. Telemetry is off."""
-    settings = Settings(anonymized_telemetry=False)
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where `make_client` connects: a Chroma server, or Chroma's files on this machine."""
+
+    kind: str  # "server" or "embedded"
+    host: str = ""  # server only
+    port: int = 0  # server only
+    path: Path | None = None  # embedded only, resolved
+
+    @property
+    def key(self) -> str:
+        """Names the store in cache keys: two data directories are two stores."""
+        return f"server:{self.host}:{self.port}" if self.kind == "server" else f"embedded:{self.path}"
+
+    def describe(self) -> str:
+        if self.kind == "server":
+            return f"the Chroma server at {self.host}:{self.port} (from {CHROMA_HOST_ENV}/{CHROMA_PORT_ENV})"
+        return f"embedded Chroma, files in {self.path}"
+
+
+def store_location(path: str | Path | None = None) -> StoreLocation:
+    """Where `make_client(path)` will connect, worked out without connecting."""
     host = os.environ.get(CHROMA_HOST_ENV, "").strip()
     port_text = os.environ.get(CHROMA_PORT_ENV, "").strip()
     if path is None and (host or port_text):
@@ -100,7 +118,18 @@ def make_client(path: str | Path | None = None) -> Any:
             port = int(port_text or 8000)
         except ValueError:
             raise InputError(f"{CHROMA_PORT_ENV} must be a port number, got {port_text!r}.") from None
-        host = host or "localhost"
+        return StoreLocation(kind="server", host=host or "localhost", port=port)
+    folder = Path(path) if path is not None else data_dir() / "chroma"
+    return StoreLocation(kind="embedded", path=folder.resolve())
+
+
+def make_client(path: str | Path | None = None) -> Any:
+    """A Chroma client: embedded at `path` if given; else a server if CHROMA_HOST/CHROMA_PORT are set;
+    else embedded under `data_dir()/chroma`. Telemetry is off."""
+    settings = Settings(anonymized_telemetry=False)
+    location = store_location(path)
+    if location.kind == "server":
+        host, port = location.host, location.port
         try:
             client = chromadb.HttpClient(host=host, port=port, settings=settings)
             client.heartbeat()
@@ -111,7 +140,8 @@ def make_client(path: str | Path | None = None) -> Any:
             ) from e
         log.info("Using the Chroma server at %s:%d", host, port)
         return client
-    folder = Path(path) if path is not None else data_dir() / "chroma"
+    folder = location.path
+    assert folder is not None
     folder.mkdir(parents=True, exist_ok=True)
     log.info("Using the local Chroma database in %s", folder)
     return chromadb.PersistentClient(path=str(folder), settings=settings)
@@ -285,6 +315,56 @@ def hits_rankings(hits: Sequence[Hit], decimals: int = 6) -> MetricRankings:
 def rankings_agree(hits: Sequence[Hit]) -> bool:
     """True when cosine, dot product and L2 distance put `hits` in the same order."""
     return hits_rankings(hits).agree
+
+
+@dataclass(frozen=True)
+class HitContext:
+    """A retrieved chunk with the document text around it, rebuilt from the document's stored chunks."""
+
+    before: str  # up to `context_chars` characters before the chunk
+    text: str  # the chunk itself
+    after: str  # up to `context_chars` characters after it
+    at_start: bool  # nothing of the document comes before `before`
+    at_end: bool  # nothing comes after `after`
+
+
+def hit_context(hit: Hit, chunks: Sequence[Chunk], context_chars: int = 200) -> HitContext:
+    """Place `hit` in its document. `chunks` are that document's chunks (DocumentIndex.document_chunks);
+    the text between chunks (whitespace the splitter dropped) comes back as spaces."""
+    if context_chars < 0:
+        raise InputError(f"context_chars must be at least 0, got {context_chars}.")
+    length = max([c.char_end for c in chunks] + [hit.char_end])
+    buffer = [" "] * length
+    for c in chunks:
+        buffer[c.char_start : c.char_end] = list(c.text)
+    buffer[hit.char_start : hit.char_end] = list(hit.text)
+    document = "".join(buffer)
+    start = max(0, hit.char_start - context_chars)
+    end = min(length, hit.char_end + context_chars)
+    return HitContext(
+        before=document[start : hit.char_start],
+        text=hit.text,
+        after=document[hit.char_end : end],
+        at_start=start == 0,
+        at_end=end == length,
+    )
+
+
+def hit_context_html(context: HitContext, anchor: str | None = None) -> str:
+    """The chunk highlighted inside its surrounding text (all of it html-escaped); `anchor` becomes
+    the element id that answers link to."""
+    import html
+
+    grey = 'style="color: #6b7280;"'
+    before = ("" if context.at_start else "…") + context.before.lstrip()
+    after = context.after.rstrip() + ("" if context.at_end else "…")
+    ident = f' id="{html.escape(anchor, quote=True)}"' if anchor else ""
+    return (
+        f'<div{ident} style="white-space: pre-wrap; line-height: 1.6; font-size: 0.92rem;">'
+        f"<span {grey}>{html.escape(before)}</span>"
+        f'<mark style="background: #fde68a; padding: 0 2px;">{html.escape(context.text)}</mark>'
+        f"<span {grey}>{html.escape(after)}</span></div>"
+    )
 
 
 # --- the index ------------------------------------------------------------------------------------

@@ -114,12 +114,18 @@ def neighbourhood_map(
         rows.append(anchor)
         meta.append(("sentence", strings[anchor]))
         seen.add(anchor)
-    for anchor in anchors:
-        for n in nearest_tokens(unit_embeddings, anchor, strings, k=neighbours_per_token):
-            if n.token_id not in seen:
-                seen.add(n.token_id)
-                rows.append(n.token_id)
-                meta.append(("neighbour", strings[anchor]))
+    if neighbours_per_token > 0:
+        # One [V, A] product instead of A passes over the whole table (it is read from memory once).
+        sims = unit_embeddings @ unit_embeddings[anchors].T
+        sims[anchors, np.arange(len(anchors))] = -np.inf  # a token is not its own neighbour
+        k = min(neighbours_per_token, len(sims) - 1)
+        top = np.argpartition(-sims, k - 1, axis=0)[:k]  # [k, A]
+        for a, anchor in enumerate(anchors):
+            for token_id in top[np.argsort(-sims[top[:, a], a], kind="stable"), a]:
+                if int(token_id) not in seen:
+                    seen.add(int(token_id))
+                    rows.append(int(token_id))
+                    meta.append(("neighbour", strings[anchor]))
     coords = pca_2d(embeddings[rows])
     return [
         MapPoint(tid, strings[tid], float(x), float(y), kind, anchor)

@@ -1,0 +1,139 @@
+"""Caching and session keys for the Embeddings and Search stations: the sentence encoder, one Chroma
+client per store (keyed by where it lives, so two data directories never share one), the document
+index, and cached encodings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import streamlit as st
+
+from core.documents import Chunker, ChunkSettings, Document, FileError, parse_file
+from core.embeddings import LMEmbedder, PairScore, SentenceEmbedder, compare_pairs
+from core.errors import InputError, VectorLabError
+from core.search import DocumentIndex, IndexSettings, StoreLocation, make_client, store_location
+from ui import state
+
+# Plain session keys. Like ui.state's, they outlive the widgets: Streamlit forgets a widget's value
+# on pages that do not draw it, so values that must survive a trip to another page live here.
+COLLECTION = "vl_search_collection"  # the collection both stations read; shared by pages 6 and 7
+QUERY = "vl_search_query"  # the last question submitted on the search page ("" = none yet)
+TOP_K = "vl_search_top_k"  # how many chunks that search returns
+INDEX_REPORT = "vl_search_index_report"  # the IndexReport of the last "Index" click
+RAG_PROMPT_FOR = "vl_rag_prompt_for"  # which search the editable prompt was built from
+RAG_ANSWER = "vl_rag_answer"  # (prompt signature, RagAnswer) of the last "Answer" click
+KEPT_PREFIX = "vl_kept_"  # + widget key: the remembered value of a widget drawn with kept()
+
+DEFAULT_COLLECTION = "documents"
+
+
+def init_search_state() -> None:
+    st.session_state.setdefault(COLLECTION, DEFAULT_COLLECTION)
+    st.session_state.setdefault(QUERY, "")
+    st.session_state.setdefault(TOP_K, 5)
+
+
+def _copy_back(widget_key: str) -> None:
+    st.session_state[KEPT_PREFIX + widget_key] = st.session_state[widget_key]
+
+
+def kept(widget_key: str, default) -> dict:
+    """Keyword arguments for a widget whose value survives visits to other pages (see ui.state):
+    the widget is re-seeded from a plain key on every run and copies its value back on change."""
+    plain = KEPT_PREFIX + widget_key
+    st.session_state.setdefault(plain, default)
+    st.session_state[widget_key] = st.session_state[plain]
+    return {"key": widget_key, "on_change": _copy_back, "args": (widget_key,)}
+
+
+# --- the sentence encoder -------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the sentence encoder (all-MiniLM-L6-v2)…")
+def sentence_embedder() -> SentenceEmbedder:
+    from core.embeddings import load_sentence_embedder
+
+    return load_sentence_embedder()
+
+
+def require_embedder() -> SentenceEmbedder:
+    """The bundled MiniLM, or an error message on the page and a stop."""
+    try:
+        return sentence_embedder()
+    except VectorLabError as e:
+        st.error(str(e))
+        st.stop()
+
+
+@st.cache_data(show_spinner="Embedding…", max_entries=32)
+def encode(texts: tuple[str, ...]) -> np.ndarray:
+    """MiniLM vectors [N, 384] for `texts`, computed once per list of texts."""
+    return sentence_embedder().encode(list(texts))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _lm_pair_scores(
+    model_key: str, pairs: tuple[tuple[str, str], ...], _embedder: SentenceEmbedder, _loaded
+) -> list[PairScore]:
+    lm = LMEmbedder(_loaded.model, _loaded.tokenizer, name=f"{_loaded.info.name} (mean-pooled)")
+    return compare_pairs({_embedder.name: _embedder, lm.name: lm}, list(pairs))
+
+
+def pair_scores(pairs: Sequence[tuple[str, str]], embedder: SentenceEmbedder, loaded) -> list[PairScore]:
+    """The pairs scored by MiniLM and by the loaded LM's mean-pooled last hidden states (cached)."""
+    with st.spinner("Scoring the pairs with both encoders…"):
+        return _lm_pair_scores(state.model_key(loaded), tuple(pairs), embedder, loaded)
+
+
+# --- the vector store -----------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Opening the vector store…", max_entries=8)
+def _client(key: str, _location: StoreLocation):
+    return make_client(_location.path if _location.kind == "embedded" else None)
+
+
+def require_store() -> tuple[StoreLocation, object]:
+    """Where the index lives (from VECTORLAB_DATA_DIR or CHROMA_HOST/CHROMA_PORT) and its client."""
+    try:
+        location = store_location()
+        return location, _client(location.key, location)
+    except VectorLabError as e:
+        st.error(str(e))
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _chunker(max_tokens: int, overlap_tokens: int) -> Chunker:
+    return Chunker(sentence_embedder().tokenizer(), ChunkSettings(max_tokens, overlap_tokens))
+
+
+def chunker(settings: ChunkSettings) -> Chunker:
+    """A chunker counting MiniLM tokens, one per chunk size and overlap."""
+    return _chunker(settings.max_tokens, settings.overlap_tokens)
+
+
+def document_index(client, collection: str, chunk: ChunkSettings | None = None) -> DocumentIndex:
+    """The index over one collection. Built on every run, not cached: a collection deleted in one
+    browser tab must not leave a stale handle in another."""
+    chunk = chunk or ChunkSettings()
+    settings = IndexSettings(collection=collection, chunk=chunk)
+    return DocumentIndex(client, sentence_embedder(), settings, chunker=chunker(chunk))
+
+
+def require_index(client, collection: str, chunk: ChunkSettings | None = None) -> DocumentIndex:
+    try:
+        return document_index(client, collection, chunk)
+    except (VectorLabError, ValueError) as e:
+        st.error(str(e))
+        st.stop()
+
+
+@st.cache_data(show_spinner="Reading the upload…", max_entries=128)
+def parse_upload(name: str, data: bytes) -> Document | FileError:
+    """One uploaded file as text, or why it cannot be used (parsed once per name and content)."""
+    try:
+        return parse_file(name, data)
+    except InputError as e:
+        return FileError(name=name, message=str(e))
