@@ -153,3 +153,31 @@ def path_2d(frame: pd.DataFrame, title: str = "") -> alt.Chart:
         color=alt.Color("position:Q", scale=alt.Scale(scheme="viridis"))
     )
     return path.properties(width=420, height=420)
+
+
+EXPORT_WIDTH = 900  # pixels for charts whose width follows the page ("container")
+
+
+def _concrete_widths(node):
+    if isinstance(node, dict):
+        return {
+            k: (EXPORT_WIDTH if k == "width" and v == "container" else _concrete_widths(v))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_concrete_widths(v) for v in node]
+    return node
+
+
+def to_svg(chart: alt.TopLevelMixin) -> str:
+    """The chart rendered to SVG offline (vl-convert), as a person would save it."""
+    import vl_convert
+
+    return vl_convert.vegalite_to_svg(_concrete_widths(chart.to_dict()))
+
+
+def to_png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:
+    """The chart rendered to PNG offline (vl-convert) at `scale`× resolution."""
+    import vl_convert
+
+    return vl_convert.vegalite_to_png(_concrete_widths(chart.to_dict()), scale=scale)

@@ -69,16 +69,23 @@ def embedding_scatter(
             "x": coords[:, 0],
             "y": coords[:, 1],
             "text": list(labels),
-            "label": [_short(t) for t in labels],
+            "label": [_short(t, 32) for t in labels],
             group_title: [str(g) for g in groups] if groups is not None else ["all"] * len(labels),
+            # Labels of points in the right half go to their left, so no label runs off the chart.
+            "right_half": coords[:, 0] > (coords[:, 0].min() + coords[:, 0].max()) / 2 if len(coords) else [],
         }
     )
     base = alt.Chart(frame, title=title).encode(x=alt.X("x:Q", title="PC 1"), y=alt.Y("y:Q", title="PC 2"))
     points = base.mark_circle(size=90, opacity=0.85).encode(
         color=alt.Color(f"{group_title}:N", title=group_title), tooltip=["text", f"{group_title}:N"]
     )
-    names = base.mark_text(align="left", dx=7, dy=-4, fontSize=11).encode(text="label:N")
-    return (points + names).interactive()
+    names = base.mark_text(
+        align=alt.expr("datum.right_half ? 'right' : 'left'"),
+        dx=alt.expr("datum.right_half ? -7 : 7"),
+        dy=-4,
+        fontSize=11,
+    ).encode(text="label:N")
+    return (points + names).properties(height=420).interactive()
 
 
 def pair_comparison_chart(
@@ -103,7 +110,7 @@ def pair_comparison_chart(
             y=alt.Y("pair:N", sort=names, title=None, axis=alt.Axis(labelLimit=420)),
             yOffset=alt.YOffset("encoder:N"),
             x=alt.X("cosine:Q", title="cosine similarity", scale=alt.Scale(domain=[low, 1.0])),
-            color=alt.Color("encoder:N", title="encoder", legend=alt.Legend(orient="bottom")),
+            color=alt.Color("encoder:N", title="encoder", legend=alt.Legend(orient="bottom", labelLimit=400)),
             tooltip=["first", "second", "encoder", alt.Tooltip("cosine:Q", format=".3f")],
         )
     )

@@ -10,6 +10,7 @@ from core import charts
 from core.tokens import nearest_tokens, neighbourhood_map, pieces_html, readable, tokenize_plain
 from ui import state
 from ui.sidebar import render_sidebar
+from ui.widgets import show_chart
 
 st.title("1 · Tokens & token embeddings")
 st.markdown(
@@ -51,7 +52,7 @@ n_rows = min(max_rows, T - start)
 dims = right.slider("Dimensions shown", 8, d, min(d, charts.MAX_CELLS // max(n_rows, 1), 256), key="tok_dims")
 rows = trace.token_embeddings[start : start + n_rows, :dims]
 labels = [readable(p) for p in trace.pieces[start : start + n_rows]]
-st.altair_chart(
+show_chart(
     charts.heatmap(
         rows,
         labels,
@@ -61,7 +62,7 @@ st.altair_chart(
         col_title="dimension",
         show_col_labels=dims <= 64,
     ),
-    width="stretch",
+    "tokens_1",
 )
 check = float(np.abs(trace.token_embeddings - embeddings[trace.token_ids]).max())
 st.caption(
@@ -84,14 +85,14 @@ position = left.selectbox(
 k = right.slider("Neighbours", 3, 30, 10, key="tok_k")
 token_id = int(trace.token_ids[position])
 neighbours = nearest_tokens(unit_embeddings, token_id, strings, k=k)
-st.altair_chart(
+show_chart(
     charts.bars(
         [n.text for n in neighbours],
         [n.cosine for n in neighbours],
         title=f"Closest rows to '{strings[token_id]}' (id {token_id})",
         value_title="cosine",
     ),
-    width="stretch",
+    "tokens_2",
 )
 
 # ---------------------------------------------------------------- 2-D map
@@ -99,12 +100,12 @@ st.subheader("A 2-D map of the sentence among its neighbours")
 per_token = st.slider("Neighbours per token on the map", 0, 10, 4, key="tok_map_k")
 ids_for_map = list(dict.fromkeys(int(t) for t in trace.token_ids))[:40]
 points = neighbourhood_map(unit_embeddings, embeddings, ids_for_map, strings, per_token)
-st.altair_chart(
+show_chart(
     charts.token_map(
         pd.DataFrame([p.__dict__ for p in points]),
         title="First two principal components of the rows (bold: tokens of your text)",
     ),
-    width="stretch",
+    "tokens_3",
 )
 st.caption(
     f"PCA keeps the two directions along which these {len(points)} rows vary most; "

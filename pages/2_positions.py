@@ -20,6 +20,7 @@ from core.positions import (
 from core.tokens import readable
 from ui import state
 from ui.sidebar import render_sidebar
+from ui.widgets import show_chart
 
 st.title("2 · Positional encoding")
 st.markdown(
@@ -54,7 +55,7 @@ if trace.position_vectors is not None:
         ],
         strict=True,
     ):
-        col.altair_chart(
+        show_chart(
             charts.heatmap(
                 matrix[show, :dims],
                 labels[show],
@@ -64,7 +65,8 @@ if trace.position_vectors is not None:
                 col_title="dimension",
                 show_col_labels=False,
             ),
-            width="stretch",
+            f"positions_sum_{name.split()[1]}",
+            container=col,
         )
     st.metric("Check: max |(E[id] + P[t]) − block input|", f"{error:.2e}")
     if T > window:
@@ -74,7 +76,7 @@ if trace.position_vectors is not None:
     n_pos = st.slider("Positions", 8, min(info.max_positions, 256), 64, key="pos_n")
     table = learned_position_table(loaded.model, n_pos)
     left, right = st.columns(2)
-    left.altair_chart(
+    show_chart(
         charts.heatmap(
             cosine_matrix(table),
             None,
@@ -85,9 +87,10 @@ if trace.position_vectors is not None:
             value_title="cosine",
             show_col_labels=n_pos <= 32,
         ),
-        width="stretch",
+        "positions_2",
+        container=left,
     )
-    right.altair_chart(
+    show_chart(
         charts.heatmap(
             cosine_matrix(sinusoidal(n_pos, d)),
             None,
@@ -98,7 +101,8 @@ if trace.position_vectors is not None:
             value_title="cosine",
             show_col_labels=n_pos <= 32,
         ),
-        width="stretch",
+        "positions_3",
+        container=right,
     )
     st.caption(
         "Nearby positions get similar vectors in both: the band along the diagonal. GPT-2 learned its "
@@ -107,7 +111,7 @@ if trace.position_vectors is not None:
     )
     left, right = st.columns(2)
     n_dims = min(d, 64)
-    left.altair_chart(
+    show_chart(
         charts.heatmap(
             table[:, :n_dims],
             None,
@@ -117,9 +121,10 @@ if trace.position_vectors is not None:
             col_title="dimension",
             show_col_labels=False,
         ),
-        width="stretch",
+        "positions_4",
+        container=left,
     )
-    right.altair_chart(
+    show_chart(
         charts.heatmap(
             sinusoidal(n_pos, d)[:, :n_dims],
             None,
@@ -129,7 +134,8 @@ if trace.position_vectors is not None:
             col_title="dimension",
             show_col_labels=False,
         ),
-        width="stretch",
+        "positions_5",
+        container=right,
     )
 else:
     rot = trace.rotary
@@ -142,7 +148,7 @@ else:
     )
     n_pos = st.slider("Positions", 8, 256, 64, key="rope_n")
     angles = pair_angles(np.arange(n_pos), rot.inv_freq)
-    st.altair_chart(
+    show_chart(
         charts.heatmap(
             angles,
             None,
@@ -155,7 +161,7 @@ else:
             domain_mid=None,
             show_col_labels=False,
         ),
-        width="stretch",
+        "positions_6",
     )
     st.metric(
         "Check: max |our RoPE(q before rotation) − the model's q| (all layers, heads, tokens)",
@@ -183,11 +189,11 @@ else:
             for t in range(min(n_pos, 64))
         ]
     )
-    st.altair_chart(
+    show_chart(
         charts.path_2d(
             circle, title=f"Pair {pair} of q for '{labels[tok]}' at positions 0–{len(circle) - 1}"
         ),
-        width="stretch",
+        "positions_7",
     )
     shifts = [0, 5, 17, 100]
     pairs = [(m + s, n + s) for s in shifts for m, n in [(3, 1)]] + [(10, 0), (20, 0)]

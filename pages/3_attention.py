@@ -11,7 +11,7 @@ from core.attention import all_heads_error, attention_grid_image, gpt2_fused_spl
 from core.tokens import readable
 from ui import state
 from ui.sidebar import render_sidebar
-from ui.widgets import downloads, token_picker, token_window
+from ui.widgets import downloads, show_chart, token_picker, token_window
 
 st.title("3 · Self-attention")
 st.markdown(
@@ -50,7 +50,7 @@ matrix = {
     "itself": patterns.self_,
     "entropy (bits)": patterns.entropy,
 }[stat]
-st.altair_chart(
+show_chart(
     charts.heatmap(
         matrix,
         [f"layer {i}" for i in range(info.n_layer)],
@@ -64,7 +64,7 @@ st.altair_chart(
         scheme="viridis",
         domain_mid=None,
     ),
-    width="stretch",
+    "attention_1",
 )
 
 # ---------------------------------------------------------------- one head
@@ -75,7 +75,7 @@ head = c2.selectbox("Head", range(info.n_head), key="att_head")
 st.info(patterns.hint(layer, head))
 A = trace.attentions[layer, head][window, window].astype(np.float64)
 masked = np.where(np.triu(np.ones_like(A, dtype=bool), k=1), np.nan, A)
-st.altair_chart(
+show_chart(
     charts.heatmap(
         masked,
         labels[window],
@@ -87,7 +87,7 @@ st.altair_chart(
         scheme="blues",
         domain_mid=None,
     ),
-    width="stretch",
+    "attention_2",
 )
 downloads(f"attention_L{layer}_H{head}", trace.attentions[layer, head], labels, labels, key="att_map")
 
@@ -100,14 +100,14 @@ key_labels = labels[keys_window]
 dh = info.d_head
 
 st.markdown(f"**1. The query** `q` of '{labels[position]}' — {dh} numbers.")
-st.altair_chart(
+show_chart(
     charts.heatmap(
         s.q[None, :], ["q"], None, row_title="vector", col_title="dimension", show_col_labels=False, height=60
     ),
-    width="stretch",
+    "attention_3",
 )
 st.markdown(f"**2. The keys** `K` of every token it may see (K/V head {s.kv_head}).")
-st.altair_chart(
+show_chart(
     charts.heatmap(
         s.keys[keys_window],
         key_labels,
@@ -116,7 +116,7 @@ st.altair_chart(
         col_title="dimension",
         show_col_labels=False,
     ),
-    width="stretch",
+    "attention_4",
 )
 steps = pd.DataFrame(
     {
@@ -133,7 +133,7 @@ st.markdown(
     "grow with the width, add the mask (−∞ for later tokens — none of them are in this list), softmax."
 )
 st.dataframe(steps, hide_index=True, width="stretch")
-st.altair_chart(
+show_chart(
     charts.bars(
         key_labels,
         s.weights[keys_window],
@@ -142,10 +142,10 @@ st.altair_chart(
         sort_desc=False,
         label_title="key token",
     ),
-    width="stretch",
+    "attention_5",
 )
 st.markdown("**7. The weighted sum of value rows** `Σ_j w_j · v_j` is the head's output.")
-st.altair_chart(
+show_chart(
     charts.heatmap(
         np.stack([s.output, s.model_output]),
         ["by hand", "model"],
@@ -155,7 +155,7 @@ st.altair_chart(
         show_col_labels=False,
         height=80,
     ),
-    width="stretch",
+    "attention_6",
 )
 c1, c2 = st.columns(2)
 c1.metric("Check: max |hand-computed output − model's head output|", f"{s.output_error:.2e}")
@@ -174,7 +174,7 @@ if trace.rotary is not None:
     st.subheader("Rotary positions and shared keys")
     before = trace.q_pre_rotary[layer, head, position]
     after = trace.q[layer, head, position]
-    st.altair_chart(
+    show_chart(
         charts.heatmap(
             np.stack([before, after]),
             ["q before rotary", "q after rotary"],
@@ -184,7 +184,7 @@ if trace.rotary is not None:
             show_col_labels=False,
             height=80,
         ),
-        width="stretch",
+        "attention_7",
     )
     st.caption(
         f"Same length before and after ({np.linalg.norm(before):.3f} vs {np.linalg.norm(after):.3f}): "

@@ -11,7 +11,7 @@ from core.layers import norm_effect, residual_stats
 from core.tokens import readable
 from ui import state
 from ui.sidebar import render_sidebar
-from ui.widgets import downloads, token_picker, token_window
+from ui.widgets import downloads, show_chart, token_picker, token_window
 
 st.title("4 · Transformer layers")
 st.markdown(
@@ -33,7 +33,7 @@ layer_labels = ["input"] + [f"after block {i}" for i in range(info.n_layer)]
 # ---------------------------------------------------------------- the stream
 st.subheader("How big is the vector, and how much does each block turn it?")
 left, right = st.columns(2)
-left.altair_chart(
+show_chart(
     charts.heatmap(
         stats.norms[:, window],
         layer_labels,
@@ -45,9 +45,10 @@ left.altair_chart(
         scheme="viridis",
         domain_mid=None,
     ),
-    width="stretch",
+    "layers_1",
+    container=left,
 )
-right.altair_chart(
+show_chart(
     charts.heatmap(
         stats.cos_prev[:, window],
         layer_labels[1:],
@@ -59,11 +60,12 @@ right.altair_chart(
         scheme="viridis",
         domain_mid=None,
     ),
-    width="stretch",
+    "layers_2",
+    container=right,
 )
 left, right = st.columns(2)
 block_labels = [f"block {i}" for i in range(info.n_layer)]
-left.altair_chart(
+show_chart(
     charts.heatmap(
         stats.attn_norms[:, window],
         block_labels,
@@ -75,9 +77,10 @@ left.altair_chart(
         scheme="oranges",
         domain_mid=None,
     ),
-    width="stretch",
+    "layers_3",
+    container=left,
 )
-right.altair_chart(
+show_chart(
     charts.heatmap(
         stats.mlp_norms[:, window],
         block_labels,
@@ -89,7 +92,8 @@ right.altair_chart(
         scheme="purples",
         domain_mid=None,
     ),
-    width="stretch",
+    "layers_4",
+    container=right,
 )
 st.metric("Check: max |x_ℓ + attention + MLP − x_(ℓ+1)| / max |x|", f"{stats.sum_error:.2e}")
 downloads("residual_stream", trace.residual, key="layers_residual")
@@ -112,7 +116,7 @@ pos_labels = [
     f"{labels[p]} → {strings[lens.target_ids[i]]}" for i, p in enumerate(lens.positions) if has_next[i]
 ]
 if has_next.any():
-    st.altair_chart(
+    show_chart(
         charts.heatmap(
             rank_view,
             layer_labels,
@@ -124,7 +128,7 @@ if has_next.any():
             scheme="viridis",
             domain_mid=None,
         ),
-        width="stretch",
+        "layers_5",
     )
 c1, c2 = st.columns([2, 1])
 pick = c1.selectbox(
@@ -167,7 +171,7 @@ formula = (
     else "`RMSNorm(x) = γ · x / √(mean(x²) + ε)`"
 )
 st.markdown(f"Block {norm_layer} first applies **{effect.kind}**: {formula}.")
-st.altair_chart(
+show_chart(
     charts.heatmap(
         np.stack([effect.before, effect.normalised, effect.after]),
         ["x (residual)", "normalised", "× γ (+ β) = output"],
@@ -177,7 +181,7 @@ st.altair_chart(
         show_col_labels=False,
         height=110,
     ),
-    width="stretch",
+    "layers_6",
 )
 stats_table = pd.DataFrame(
     {

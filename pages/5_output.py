@@ -17,7 +17,7 @@ from core.output_charts import (
 from core.sampling import SamplingConfig, reshape, top_entries
 from ui import state
 from ui.sidebar import render_sidebar
-from ui.widgets import downloads
+from ui.widgets import downloads, show_chart
 
 st.title("5 · Output softmax")
 st.markdown(
@@ -55,9 +55,9 @@ except ValueError as e:
 
 dist = reshape(trace.last_logits, config)
 entries = top_entries(dist, strings, n=n_show)
-st.altair_chart(
+show_chart(
     distribution_chart(entries, title=f"After '{trace.pieces[-1]}': model vs reshaped", show_tempered=True),
-    width="stretch",
+    "output_1",
 )
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Tokens kept", f"{dist.n_kept:,} of {dist.vocab_size:,}")
@@ -113,15 +113,15 @@ if result is not None and result.prompt == trace.text:
         f"{result.n_new} tokens in {result.seconds:.2f} s ({result.tokens_per_second:.1f} tokens/s)"
         + (" — stopped at end-of-sequence." if result.stopped_at_eos else ".")
     )
-    st.altair_chart(entropy_chart(result, title="Entropy of each step's distribution"), width="stretch")
+    show_chart(entropy_chart(result, title="Entropy of each step's distribution"), "output_2")
     step_index = st.slider("Inspect step", 0, result.n_new - 1, 0, key="gen_step") if result.n_new > 1 else 0
     step = result.steps[step_index]
     st.markdown(
         f"Step {step.step}: chose **{step.text!r}** with p = {step.prob:.3f} "
         f"(the model's own p = {step.prob_model:.3f}; {step.n_kept:,} tokens were in the running)."
     )
-    st.altair_chart(
-        distribution_chart(list(step.candidates), title=f"Step {step.step}'s distribution"), width="stretch"
+    show_chart(
+        distribution_chart(list(step.candidates), title=f"Step {step.step}'s distribution"), "output_3"
     )
 elif result is not None:
     st.caption("The text changed since the last generation; press Generate again.")
@@ -134,7 +134,7 @@ if s.perplexity is not None:
     c1, c2 = st.columns(2)
     c1.metric("Mean surprisal", f"{s.mean_bits:.2f} bits/token")
     c2.metric("Perplexity", f"{s.perplexity:.2f}")
-    st.altair_chart(
-        surprisal_chart(s, title="Surprisal of each token, −log₂ p(token | earlier tokens)"), width="stretch"
+    show_chart(
+        surprisal_chart(s, title="Surprisal of each token, −log₂ p(token | earlier tokens)"), "output_4"
     )
     downloads("surprisal_bits", s.bits, list(s.pieces), key="out_surprisal")

@@ -32,14 +32,15 @@ MAX_CHARS = 500  # per sentence; MiniLM reads at most 256 tokens anyway
 MAX_INPUT_CHARS = 20_000
 DEFAULT_SENTENCES = "\n".join(
     [
-        "The striker scored a late goal to win the match.",
-        "Our team lost the basketball game in overtime.",
-        "She trains for the marathon every morning.",
-        "Simmer the tomato sauce for twenty minutes.",
-        "Knead the dough until it is smooth and elastic.",
-        "Add a pinch of salt to the boiling pasta water.",
-        "My laptop will not boot after the update.",
-        "Restart the router to fix the Wi-Fi connection.",
+        "The football team won the championship final.",
+        "The tennis player served an ace to win the match.",
+        "She trained for months to run the marathon.",
+        "Simmer the tomato sauce with garlic and basil.",
+        "Knead the bread dough and let it rise before baking.",
+        "Add salt to the boiling water before cooking the pasta.",
+        "My laptop crashes when I open too many programs.",
+        "Install the software update and restart your computer.",
+        "The new processor makes the computer twice as fast.",
     ]
 )
 DEFAULT_PAIRS = "\n".join(
@@ -195,9 +196,13 @@ if items is not None:
     # ------------------------------------------------------------ zero-shot
     st.subheader("Zero-shot labels: the nearest label vector wins")
     c1, c2 = st.columns(2)
-    label_text = c1.text_input("Labels, separated by commas", **kept("emb_labels", "sports, cooking, computers"))
+    label_text = c1.text_input(
+        "Labels, separated by commas", **kept("emb_labels", "sports, cooking, computers")
+    )
     template = c2.text_input(
-        "Each label is embedded as", help="{} is replaced by the label.", **kept("emb_template", "This is about {}.")
+        "Each label is embedded as",
+        help="{} is replaced by the label.",
+        **kept("emb_template", "This is about {}."),
     )
     try:
         names = labels_from_text(label_text)
@@ -233,7 +238,7 @@ if items is not None:
                 "rank": range(1, len(similar) + 1),
                 "item": [labels[r.index] for r in similar],
                 "cosine": [round(r.score, 4) for r in similar],
-                "text": [texts[r.index] for r in similar],
+                **({"text": [texts[r.index] for r in similar]} if use_chunks else {}),
             }
         ),
         hide_index=True,

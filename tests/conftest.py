@@ -16,6 +16,8 @@ def _offline_and_isolated(tmp_path_factory):
     """No test reaches the Hub; everything written goes to a temp data dir (the model cache is kept)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # Under test, show the real exception rather than the redacted message users get.
+    os.environ["STREAMLIT_CLIENT_SHOW_ERROR_DETAILS"] = "full"
     os.environ.setdefault("VECTORLAB_DATA_DIR", str(tmp_path_factory.mktemp("vectorlab-data")))
     yield
 

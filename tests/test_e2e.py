@@ -173,6 +173,16 @@ def test_visit_every_page_and_type(server, page):
     assert page.get_by_text("15496").count() >= 1  # "Hello" is GPT-2 id 15496, shown under its piece
     assert_no_exception(page, "tokens-after-typing")
 
+    # Output station: generate in the browser and see every step reported.
+    page.locator('[data-testid="stSidebarNavLink"]', has_text="Output softmax").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Generate").click()
+    wait_idle(page)
+    page.get_by_text("12 tokens in").first.wait_for()
+    assert_no_exception(page, "generate")
+    # Charts offer the Vega menu (save as SVG / PNG).
+    assert page.locator(".vega-embed").count() >= 2
+
     box = page.get_by_role("textbox", name="The text every model page traces")
     box.fill("   ")
     box.press("Control+Enter")

@@ -139,3 +139,30 @@ def test_bars_and_map_specs():
     spec = charts.bars(["a", "b"], [0.7, 0.2], highlight=[True, False], value_title="p").to_dict()
     rows = next(iter(spec["datasets"].values()))
     assert [r["p"] for r in rows] == [0.7, 0.2] and [r["kept"] for r in rows] == [True, False]
+
+
+def test_charts_export_to_svg_and_png_offline():
+    chart = charts.heatmap(np.eye(3), ["a", "b", "c"], ["x", "y", "z"], title="identity")
+    svg = charts.to_svg(chart)
+    assert svg.lstrip().startswith("<svg") and "identity" in svg
+    assert f'width="{charts.EXPORT_WIDTH}' in svg or "width=" in svg
+    png = charts.to_png(chart)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # "container" widths become concrete for export, nested specs included.
+    spec = charts._concrete_widths({"width": "container", "layer": [{"width": "container"}]})
+    assert spec == {"width": charts.EXPORT_WIDTH, "layer": [{"width": charts.EXPORT_WIDTH}]}
+
+
+def test_csv_and_npz_exports_round_trip():
+    import io
+
+    from core.export import to_csv_bytes, to_npz_bytes
+
+    m = np.arange(6, dtype=np.float32).reshape(2, 3)
+    csv = to_csv_bytes(m, ["r0", "r1"], ["a", "b", "c"]).decode()
+    assert csv.splitlines()[0] == ",a,b,c" and csv.splitlines()[2] == "r1,3.0,4.0,5.0"
+    cube = np.arange(24).reshape(2, 3, 4)
+    assert len(to_csv_bytes(cube).decode().strip().splitlines()) == 1 + 6
+    loaded = np.load(io.BytesIO(to_npz_bytes(cube=cube, m=m)))
+    np.testing.assert_array_equal(loaded["cube"], cube)
+    np.testing.assert_array_equal(loaded["m"], m)

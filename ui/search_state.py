@@ -9,7 +9,15 @@ from collections.abc import Sequence
 import numpy as np
 import streamlit as st
 
-from core.documents import Chunker, ChunkSettings, Document, FileError, parse_file
+from core.documents import (
+    Chunker,
+    ChunkPreview,
+    ChunkSettings,
+    Document,
+    FileError,
+    parse_file,
+    preview_chunks,
+)
 from core.embeddings import LMEmbedder, PairScore, SentenceEmbedder, compare_pairs
 from core.errors import InputError, VectorLabError
 from core.search import DocumentIndex, IndexSettings, StoreLocation, make_client, store_location
@@ -18,7 +26,7 @@ from ui import state
 # Plain session keys. Like ui.state's, they outlive the widgets: Streamlit forgets a widget's value
 # on pages that do not draw it, so values that must survive a trip to another page live here.
 COLLECTION = "vl_search_collection"  # the collection both stations read; shared by pages 6 and 7
-QUERY = "vl_search_query"  # the last question submitted on the search page ("" = none yet)
+QUERY = "vl_search_query"  # the last question submitted on the search page (None = none yet)
 TOP_K = "vl_search_top_k"  # how many chunks that search returns
 INDEX_REPORT = "vl_search_index_report"  # the IndexReport of the last "Index" click
 RAG_PROMPT_FOR = "vl_rag_prompt_for"  # which search the editable prompt was built from
@@ -30,7 +38,7 @@ DEFAULT_COLLECTION = "documents"
 
 def init_search_state() -> None:
     st.session_state.setdefault(COLLECTION, DEFAULT_COLLECTION)
-    st.session_state.setdefault(QUERY, "")
+    st.session_state.setdefault(QUERY, None)
     st.session_state.setdefault(TOP_K, 5)
 
 
@@ -76,7 +84,7 @@ def encode(texts: tuple[str, ...]) -> np.ndarray:
 def _lm_pair_scores(
     model_key: str, pairs: tuple[tuple[str, str], ...], _embedder: SentenceEmbedder, _loaded
 ) -> list[PairScore]:
-    lm = LMEmbedder(_loaded.model, _loaded.tokenizer, name=f"{_loaded.info.name} (mean-pooled)")
+    lm = LMEmbedder(_loaded.model, _loaded.tokenizer, name=f"{_loaded.info.name}, mean-pooled")
     return compare_pairs({_embedder.name: _embedder, lm.name: lm}, list(pairs))
 
 
@@ -137,3 +145,17 @@ def parse_upload(name: str, data: bytes) -> Document | FileError:
         return parse_file(name, data)
     except InputError as e:
         return FileError(name=name, message=str(e))
+
+
+@st.cache_resource(show_spinner="Cutting the document into chunks…", max_entries=32)
+def _preview(
+    content_hash: str, kind: str, max_tokens: int, overlap_tokens: int, _document: Document
+) -> ChunkPreview:
+    return preview_chunks(_document, _chunker(max_tokens, overlap_tokens))
+
+
+def preview(document: Document, settings: ChunkSettings) -> ChunkPreview:
+    """How `document` will be cut (first 50 chunks), once per content, kind and chunk settings."""
+    return _preview(
+        document.content_hash, document.kind, settings.max_tokens, settings.overlap_tokens, document
+    )

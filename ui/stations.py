@@ -66,4 +66,24 @@ STATIONS = (
         "This is where a vector becomes a word. Generation is this one step repeated, and surprisal "
         "shows how well the model predicted your own text.",
     ),
+    Station(
+        6,
+        "Sentence & document embeddings",
+        "pages/6_embeddings.py",
+        ":material/bubble_chart:",
+        "A sentence encoder (MiniLM) turns a whole sentence into one vector; pairs are compared by "
+        "cos(a, b) = a·b / (‖a‖ ‖b‖), then mapped, clustered, labelled and recommended by that one number.",
+        "Once meaning is a direction, grouping, labelling and search are the same operation. A language "
+        "model's own averaged vectors do this badly, which is why search uses a trained encoder.",
+    ),
+    Station(
+        7,
+        "Vector search & RAG",
+        "pages/7_search.py",
+        ":material/manage_search:",
+        "Your documents are cut into chunks, embedded and stored in Chroma; a question is embedded the "
+        "same way and the chunks with the highest cosine similarity come back, on a map beside it.",
+        "Retrieval lets a model read text it was never trained on: the best chunks go into the prompt "
+        "and the answer cites them, so you can check where it came from.",
+    ),
 )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import streamlit as st
 
+from core.charts import to_png, to_svg
 from core.export import to_csv_bytes, to_npz_bytes
 from core.tokens import readable
 
@@ -69,4 +70,30 @@ def token_picker(
         index=n - 1 if default is None else min(default, n - 1),
         format_func=lambda i: f"{i}: {readable(pieces[i])}",
         key=key,
+    )
+
+
+def show_chart(chart, name: str, container=st) -> None:
+    """Draw an Altair chart with SVG and PNG download buttons (rendered only when clicked)."""
+    container.altair_chart(chart, width="stretch")
+    left, right, _ = container.columns([1, 1, 6])
+    left.download_button(
+        "SVG",
+        lambda: to_svg(chart),
+        f"{name}.svg",
+        "image/svg+xml",
+        key=f"svg_{name}",
+        icon=":material/image:",
+        on_click="ignore",
+        type="tertiary",
+    )
+    right.download_button(
+        "PNG",
+        lambda: to_png(chart),
+        f"{name}.png",
+        "image/png",
+        key=f"png_{name}",
+        icon=":material/image:",
+        on_click="ignore",
+        type="tertiary",
     )
