@@ -13,9 +13,13 @@ MAX_CELLS = 60_000
 
 
 def _labels(labels: Sequence[str] | None, n: int) -> list[str]:
-    # Positions are prefixed so repeated tokens stay distinct axis categories.
+    # Repeated labels (the same token twice) get their position as a prefix so each stays its own
+    # axis category; unique labels are shown as they are.
     if labels is None:
         return [str(i) for i in range(n)]
+    labels = [str(label) for label in labels]
+    if len(set(labels)) == len(labels):
+        return labels
     return [f"{i}:{label}" for i, label in enumerate(labels)]
 
 

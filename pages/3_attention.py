@@ -32,13 +32,16 @@ patterns = state.derived("head_patterns", head_patterns, loaded, trace)
 # ---------------------------------------------------------------- overview
 st.subheader("Every head at once")
 window = token_window(trace.n_tokens, key="att_window", size=24)
-st.image(
-    attention_grid_image(trace, window, tile=36, gap=3),
+grid_col, table_col = st.columns([2, 3])
+grid = attention_grid_image(trace, window, tile=22, gap=3)
+grid_col.image(
+    grid,
+    width=min(int(grid.shape[1] * 1.6), 560),
     caption=f"Rows: layers 0–{info.n_layer - 1} (top to bottom). Columns: heads 0–{info.n_head - 1}. "
     "Each square is one head's attention map (query ↓, key →, brightest = most attention); "
     "grey = the causal mask.",
 )
-stat = st.radio(
+stat = table_col.radio(
     "Colour the layer × head table by",
     ["previous token", "first token", "itself", "entropy (bits)"],
     horizontal=True,
@@ -65,6 +68,7 @@ show_chart(
         domain_mid=None,
     ),
     "attention_1",
+    container=table_col,
 )
 
 # ---------------------------------------------------------------- one head
@@ -102,7 +106,13 @@ dh = info.d_head
 st.markdown(f"**1. The query** `q` of '{labels[position]}' — {dh} numbers.")
 show_chart(
     charts.heatmap(
-        s.q[None, :], ["q"], None, row_title="vector", col_title="dimension", show_col_labels=False, height=60
+        s.q[None, :],
+        ["q"],
+        None,
+        row_title="vector",
+        col_title="dimension",
+        show_col_labels=False,
+        height=100,
     ),
     "attention_3",
 )
@@ -153,7 +163,7 @@ show_chart(
         row_title="vector",
         col_title="dimension",
         show_col_labels=False,
-        height=80,
+        height=120,
     ),
     "attention_6",
 )
@@ -182,7 +192,7 @@ if trace.rotary is not None:
             row_title="vector",
             col_title="dimension",
             show_col_labels=False,
-            height=80,
+            height=120,
         ),
         "attention_7",
     )

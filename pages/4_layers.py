@@ -179,7 +179,7 @@ show_chart(
         row_title="vector",
         col_title="dimension",
         show_col_labels=False,
-        height=110,
+        height=150,
     ),
     "layers_6",
 )
