@@ -60,7 +60,7 @@ show_chart(
     "output_1",
 )
 m1, m2, m3, m4 = st.columns(4)
-m1.metric("Tokens kept", f"{dist.n_kept:,} of {dist.vocab_size:,}")
+m1.metric("Tokens kept", f"{dist.n_kept:,}", help=f"Out of the {dist.vocab_size:,} in the vocabulary.")
 m2.metric("Entropy (model)", f"{dist.entropy_before.bits:.2f} bits")
 m3.metric("Entropy (reshaped)", f"{dist.entropy_after.bits:.2f} bits")
 m4.metric("Check: Σ p", f"{dist.final.sum():.6f}")
