@@ -341,13 +341,12 @@ def hit_context(hit: Hit, chunks: Sequence[Chunk], context_chars: int = 200) -> 
     document = "".join(buffer)
     start = max(0, hit.char_start - context_chars)
     end = min(length, hit.char_end + context_chars)
-    return HitContext(
-        before=document[start : hit.char_start],
-        text=hit.text,
-        after=document[hit.char_end : end],
-        at_start=start == 0,
-        at_end=end == length,
-    )
+    before, after = document[start : hit.char_start], document[hit.char_end : end]
+    if start > 0:  # begin and end the context on whole words
+        before = re.sub(r"^\S*\s", "", before, count=1)
+    if end < length:
+        after = re.sub(r"\s\S*$", "", after, count=1)
+    return HitContext(before=before, text=hit.text, after=after, at_start=start == 0, at_end=end == length)
 
 
 def hit_context_html(context: HitContext, anchor: str | None = None) -> str:

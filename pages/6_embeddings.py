@@ -25,7 +25,7 @@ from core.errors import VectorLabError
 from ui import search_state, state
 from ui.search_state import kept
 from ui.sidebar import render_sidebar
-from ui.widgets import downloads
+from ui.widgets import downloads, show_chart
 
 MAX_ITEMS = 30  # sentences or chunks compared at once; the heatmap has MAX_ITEMS² cells
 MAX_CHARS = 500  # per sentence; MiniLM reads at most 256 tokens anyway
@@ -140,7 +140,7 @@ if items is not None:
     # ------------------------------------------------------------ similarity
     st.subheader("Cosine similarity of every pair")
     similarity = cosine_similarity_matrix(vectors)
-    st.altair_chart(similarity_heatmap(similarity, labels), width="stretch")
+    show_chart(similarity_heatmap(similarity, labels), "embeddings_similarity")
     pairs = most_similar_pairs(similarity)
     st.markdown("**Pairs, most similar first**")
     st.dataframe(
@@ -175,9 +175,9 @@ if items is not None:
         clustering = None
     groups = None if clustering is None else [f"cluster {c + 1}" for c in clustering.labels]
     evr = projection.explained_variance_ratio
-    st.altair_chart(
+    show_chart(
         embedding_scatter(projection.coords, labels, groups, title="Items on their first two principal axes"),
-        width="stretch",
+        "embeddings_map",
     )
     st.caption(
         f"PCA keeps the two directions of largest spread ({evr[0]:.0%} and {evr[1]:.0%} of the variance); "
@@ -274,7 +274,7 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
-st.altair_chart(pair_comparison_chart(scores), width="stretch")
+show_chart(pair_comparison_chart(scores), "embeddings_minilm_vs_lm")
 columns = st.columns(len(encoders))
 for column, name in zip(columns, encoders, strict=True):
     values = [s.scores[name] for s in scores]

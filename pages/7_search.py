@@ -4,6 +4,7 @@ similarity (with dot product and L2 beside it), see the query on the chunk map, 
 from __future__ import annotations
 
 import html
+import re
 
 import pandas as pd
 import streamlit as st
@@ -16,6 +17,7 @@ from core.search import IndexSettings, hit_context, hit_context_html, rankings_a
 from ui import search_state, state
 from ui.search_state import COLLECTION, DEFAULT_COLLECTION, QUERY, TOP_K, kept
 from ui.sidebar import render_sidebar
+from ui.widgets import show_chart
 
 MAP_POINTS = 1500  # chunks drawn on the map at most; larger collections are sampled
 PREVIEW_ROWS = 50  # chunks shown in the preview (the index gets all of them)
@@ -36,6 +38,15 @@ embedder = search_state.require_embedder()
 location, client = search_state.require_store()
 
 
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def md(text: str) -> str:
+    """`text` with Markdown's special characters escaped (file names are user input)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>$~])", r"\\\1", text)
+
+
 def open_index():
     """The index over the chosen collection; a collection that cannot be used falls back to the default."""
     name = st.session_state[COLLECTION]
@@ -50,8 +61,7 @@ def open_index():
         return search_state.require_index(client, DEFAULT_COLLECTION)
 
 
-def choose_collection() -> None:
-    name = (st.session_state["search_collection"] or "").strip()
+def use_collection(name: str) -> None:
     try:
         IndexSettings(collection=name)
     except ValueError as e:
@@ -60,6 +70,17 @@ def choose_collection() -> None:
     if name != st.session_state[COLLECTION]:
         st.session_state[COLLECTION] = name
         st.session_state[QUERY] = None
+
+
+def choose_collection() -> None:
+    use_collection(st.session_state["search_collection"])
+
+
+def new_collection() -> None:
+    name = st.session_state["search_new_collection"].strip()
+    st.session_state["search_new_collection"] = ""
+    if name:
+        use_collection(name)
 
 
 def reset_search_if_empty(index) -> None:
@@ -73,7 +94,7 @@ def delete_document(index, content_hash: str, name: str) -> None:
     except VectorLabError as e:
         st.session_state[ACTION_MESSAGE] = ("error", str(e))
         return
-    st.session_state[ACTION_MESSAGE] = ("success", f"Deleted '{name}' ({removed} chunks).")
+    st.session_state[ACTION_MESSAGE] = ("success", f"Deleted '{name}' ({count(removed, 'chunk')}).")
     reset_search_if_empty(index)
 
 
@@ -106,8 +127,7 @@ left.selectbox(
     names,
     key="search_collection",
     on_change=choose_collection,
-    accept_new_options=True,
-    help="Type a new name to start another collection; both stations use the one chosen here.",
+    help="Both stations use the collection chosen here; start a new one in the Collections tab.",
 )
 right.markdown(
     f"**Store:** {location.describe()}  \n"
@@ -182,6 +202,8 @@ with add_tab:
     if candidates and chunk_settings is not None:
         st.markdown("**Preview: where the chunks will be cut**")
         chosen = 0
+        if st.session_state.get("search_preview_doc", 0) >= len(candidates):  # fewer files than before
+            st.session_state["search_preview_doc"] = 0
         if len(candidates) > 1:
             chosen = st.selectbox(
                 "Document",
@@ -235,8 +257,9 @@ with add_tab:
     if last is not None and last[0] == index.name:
         report = last[1]
         if report.added:
-            listing = ", ".join(f"'{d.name}' ({d.n_chunks} chunks)" for d in report.added)
-            st.success(f"Indexed {len(report.added)} documents, {report.n_chunks} chunks: {listing}.")
+            listing = ", ".join(f"'{d.name}' ({count(d.n_chunks, 'chunk')})" for d in report.added)
+            total = f"{count(len(report.added), 'document')}, {count(report.n_chunks, 'chunk')}"
+            st.success(f"Indexed {total}: {listing}.")
         for dup in report.duplicates:
             same = "" if dup.existing_name == dup.name else f" as '{dup.existing_name}'"
             st.info(f"'{dup.name}' is already indexed{same}; skipped.")
@@ -303,6 +326,13 @@ with collections_tab:
         hide_index=True,
         width="stretch",
     )
+    st.text_input(
+        "Start a new collection",
+        key="search_new_collection",
+        on_change=new_collection,
+        placeholder="e.g. my-notes, then press Enter",
+        help="3-512 letters, digits, '.', '_' or '-'. Chunks are only comparable within one collection.",
+    )
     if collections:
         c1, c2 = st.columns([2, 1])
         doomed = c1.selectbox(
@@ -346,9 +376,9 @@ chunk_counts = {d.content_hash: d.n_chunks for d in documents_info}
 for hit in hits:
     with st.container(border=True):
         st.markdown(
-            f"**[{hit.rank}] {hit.doc_name}** · chunk {hit.chunk_index + 1} of "
-            f"{chunk_counts.get(hit.doc_hash, '?')} · characters {hit.char_start}–{hit.char_end} · "
-            f"cosine **{hit.cosine:.3f}**"
+            f"**[{hit.rank}] {md(hit.doc_name)}** · chunk #{hit.chunk_index} "
+            f"(of {chunk_counts.get(hit.doc_hash, '?')}, numbered from 0) · "
+            f"characters {hit.char_start}–{hit.char_end} · cosine **{hit.cosine:.3f}**"
         )
         context = hit_context(hit, index.document_chunks(hit.doc_hash))
         st.html(hit_context_html(context, anchor=f"hit-{hit.rank}"))
@@ -385,7 +415,7 @@ with st.expander("The same hits under dot product and L2 distance"):
 
 st.subheader("The query among the chunks")
 embedding_map = index.embedding_map(query, max_points=MAP_POINTS, always_include=[h.id for h in hits])
-st.altair_chart(search_map_chart(embedding_map, [h.id for h in hits]), width="stretch")
+show_chart(search_map_chart(embedding_map, [h.id for h in hits]), "search_map")
 sampled = (
     f" The collection has {embedding_map.n_total} chunks; {len(embedding_map.ids)} are drawn, always "
     "including the hits."
@@ -461,7 +491,7 @@ if stored is not None and stored[0] == signature:
         mark = " — cited" if number in answer.cited else ""
         lines.append(
             f'<li><a href="#hit-{hit.rank}">[{number}]</a> {html.escape(hit.doc_name)}, '
-            f"chunk {hit.chunk_index + 1}"
+            f"chunk #{hit.chunk_index}"
             f" (cosine {hit.cosine:.3f}){mark}</li>"
         )
     st.html("<ol style='list-style: none; padding-left: 0;'>" + "".join(lines) + "</ol>")

@@ -9,9 +9,12 @@ import re
 import pytest
 
 from core.documents import (
+    OVERLAP_COLOUR,
+    Chunk,
     Chunker,
     ChunkSettings,
     ParseSettings,
+    chunks_html,
     content_hash,
     parse_file,
     parse_files,
@@ -339,3 +342,17 @@ def test_chunk_settings_validate_with_a_fix():
         match=re.escape("overlap_tokens must be at least 0 and smaller than max_tokens (64), got 64; try 8."),
     ):
         ChunkSettings(max_tokens=64, overlap_tokens=64)
+
+
+def test_chunk_boundaries_html_shades_chunks_marks_overlap_and_escapes():
+    text = "<b>one</b> two three four"
+    chunks = [
+        Chunk("d", "h", 0, 0, 14, text[0:14], 5),  # "<b>one</b> two"
+        Chunk("d", "h", 1, 11, 26, text[11:26], 4),  # "two three four", sharing "two"
+    ]
+    out = chunks_html(text, chunks)
+    assert "<b>" not in out and "&lt;b&gt;one&lt;/b&gt;" in out
+    assert out.count("tok</span>") == 2 and "#0 · 5 tok" in out and "#1 · 4 tok" in out
+    assert f'<span style="background: {OVERLAP_COLOUR};">two</span>' in out
+    assert out.index("#1 · 4 tok") < out.index(">two</span>")  # the badge sits where chunk 1 starts
+    assert chunks_html(text, chunks, max_chars=5).endswith(" …</div>")

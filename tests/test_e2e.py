@@ -183,6 +183,22 @@ def test_visit_every_page_and_type(server, page):
     # Charts offer the Vega menu (save as SVG / PNG).
     assert page.locator(".vega-embed").count() >= 2
 
+    # Training station: start a run, see it step, stop it.
+    page.locator('[data-testid="stSidebarNavLink"]', has_text="Training with gradients").click()
+    wait_idle(page)
+    steps = page.get_by_role("spinbutton", name="Steps")
+    steps.fill("5000")
+    steps.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text("Training: step").first.wait_for(timeout=60_000)
+    page.get_by_text("Loss", exact=True).first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped — press Resume").first.wait_for(timeout=60_000)
+    assert_no_exception(page, "training")
+
+    page.locator('[data-testid="stSidebarNavLink"]', has_text=STATIONS[0].title).click()
+    wait_idle(page)
     box = page.get_by_role("textbox", name="The text every model page traces")
     box.fill("   ")
     box.press("Control+Enter")

@@ -9,18 +9,29 @@ import numpy as np
 import pytest
 import torch
 
-from core.embedding_charts import embedding_scatter, search_map_chart, similarity_heatmap
+from core.embedding_charts import (
+    embedding_scatter,
+    pair_comparison_chart,
+    search_map_chart,
+    similarity_heatmap,
+)
 from core.embeddings import (
     Embedder,
     EncoderSettings,
     LMEmbedder,
+    PairScore,
     compare_pairs,
     cosine_similarity_matrix,
     kmeans,
+    label_prompts,
+    labels_from_text,
     lm_mean_pool_embeddings,
     load_sentence_embedder,
     more_like_this,
+    most_similar_pairs,
+    pairs_from_lines,
     pca_2d,
+    sentences_from_lines,
     zero_shot_classify,
     zero_shot_texts,
 )
@@ -295,3 +306,69 @@ def test_search_map_chart_adds_the_query_point(topic_vectors):
     datasets = list(spec["datasets"].values())
     assert sum(v["retrieved"] for v in datasets[0]) == 2
     assert datasets[1][0]["text"] == "a question"
+
+
+def test_pair_chart_has_one_bar_per_pair_and_encoder():
+    scores = [
+        PairScore("a", "b", {"MiniLM": 0.9, "LM": 0.95}),
+        PairScore("c", "d", {"MiniLM": -0.1, "LM": 0.8}),
+    ]
+    spec = pair_comparison_chart(scores).to_dict()
+    values = next(iter(spec["datasets"].values()))
+    assert [(v["pair"][:2], v["encoder"], v["cosine"]) for v in values] == [
+        ("1.", "MiniLM", 0.9),
+        ("1.", "LM", 0.95),
+        ("2.", "MiniLM", -0.1),
+        ("2.", "LM", 0.8),
+    ]
+    assert spec["encoding"]["x"]["scale"]["domain"] == [-0.1, 1.0]  # negative cosines stay in view
+    with pytest.raises(InputError, match=re.escape("There are no sentence pairs to chart.")):
+        pair_comparison_chart([])
+
+
+# --- reading what the user typed ------------------------------------------------------------------
+
+
+def test_sentences_are_read_one_per_line_with_caps():
+    parsed = sentences_from_lines(
+        "  first  \n\n   \nsecond\n" + "x" * 600 + "\nfourth", max_items=3, max_chars=500
+    )
+    assert parsed.sentences == ["first", "second", "x" * 500]
+    assert (parsed.n_dropped, parsed.n_shortened) == (1, 1)
+    message = "Type at least 2 sentences, one per line, to compare them (found 1; empty lines are ignored)."
+    with pytest.raises(InputError, match=re.escape(message)):
+        sentences_from_lines("only one\n\n  ")
+
+
+def test_labels_and_label_prompts():
+    assert labels_from_text(" sports, cooking,,\ncomputers , sports ") == ["sports", "cooking", "computers"]
+    assert labels_from_text(" , ") == []
+    assert label_prompts(["tea", "{x}"], "About {}.") == ["About tea.", "About {x}."]
+    with pytest.raises(
+        InputError, match=re.escape("The label template must contain {} where the label goes")
+    ):
+        label_prompts(["tea"], "no placeholder")
+
+
+def test_sentence_pairs_are_read_as_first_bar_second():
+    assert pairs_from_lines("a | b\n\n  c|d  ") == [("a", "b"), ("c", "d")]
+    message = "Line 2 is not a pair: write two sentences separated by one '|'"
+    for bad in ["a | b\nno separator", "a | b\nx | y | z", "a | b\n | y"]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            pairs_from_lines(bad)
+    with pytest.raises(InputError, match=re.escape("Type at least one pair of sentences")):
+        pairs_from_lines("  \n")
+    with pytest.raises(InputError, match=re.escape("3 pairs is more than 2; remove some lines.")):
+        pairs_from_lines("a|b\nc|d\ne|f", max_pairs=2)
+
+
+def test_most_similar_pairs_lists_each_pair_once_best_first(topic_vectors):
+    sim = cosine_similarity_matrix(topic_vectors)
+    pairs = most_similar_pairs(sim)
+    n = len(SENTENCES)
+    assert len(pairs) == n * (n - 1) // 2
+    assert all(p.first < p.second for p in pairs)
+    assert [p.cosine for p in pairs] == sorted((p.cosine for p in pairs), reverse=True)
+    best = pairs[0]
+    assert best.cosine == pytest.approx(np.max(sim - 2 * np.eye(n)))
+    assert TOPIC_OF[best.first] == TOPIC_OF[best.second]

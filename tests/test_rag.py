@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from core.errors import InputError
-from core.rag import RagSettings, answer_with_lm, build_rag_prompt, cited_sources
+from core.rag import (
+    PromptText,
+    RagSettings,
+    answer_from_text,
+    answer_html,
+    answer_with_lm,
+    build_rag_prompt,
+    cited_sources,
+    render_prompt,
+)
 from core.search import Hit
 from tests.fixtures_search import _tiny_lm_master, tiny_lm  # noqa: F401  (fixtures)
 
@@ -116,3 +125,27 @@ def test_rag_settings_validate_with_a_fix():
         RagSettings(max_new_tokens=0)
     with pytest.raises(ValueError, match=re.escape("max_chars_per_source must be at least 50, got 10")):
         RagSettings(max_chars_per_source=10)
+
+
+def test_an_edited_prompt_is_answered_as_written(tiny_lm):  # noqa: F811
+    model, tokenizer = tiny_lm
+    rendered = render_prompt(build_rag_prompt("What causes tides?", HITS), tokenizer)
+    assert rendered == PromptText(
+        build_rag_prompt("What causes tides?", HITS).plain, used_chat_template=False
+    )
+    settings = RagSettings(max_new_tokens=5)
+    # The unedited prompt gives exactly answer_with_lm's answer.
+    same = answer_from_text(model, tokenizer, rendered, HITS, settings)
+    assert same == answer_with_lm(model, tokenizer, "What causes tides?", HITS, settings)
+    edited = answer_from_text(model, tokenizer, PromptText("Tides [1]", False), HITS, settings)
+    assert edited.prompt_text == "Tides [1]"
+    assert edited.n_prompt_tokens == len(tokenizer("Tides [1]")["input_ids"])
+    with pytest.raises(InputError, match=re.escape("The prompt is empty; search again to rebuild it")):
+        answer_from_text(model, tokenizer, PromptText("  \n", False), HITS, settings)
+
+
+def test_answer_html_escapes_and_links_existing_sources():
+    out = answer_html("<b>Moon</b> [1], [2, 7] and [3]", n_sources=2)
+    assert "<b>" not in out and "&lt;b&gt;Moon&lt;/b&gt;" in out
+    assert '[<a href="#hit-1">1</a>]' in out
+    assert '[<a href="#hit-2">2</a>, 7]' in out and "[3]" in out  # only sources that exist are linked

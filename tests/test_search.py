@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from chromadb.utils.embedding_functions import known_embedding_functions
 
-from core.documents import ChunkSettings, parse_file, parse_text
+from core.documents import Chunk, ChunkSettings, parse_file, parse_text
 from core.errors import InputError, VectorLabError
 from core.search import (
     CHROMA_HOST_ENV,
@@ -26,9 +26,12 @@ from core.search import (
     IndexSettings,
     VectorLabEmbeddingFunction,
     close_client,
+    hit_context,
+    hit_context_html,
     make_client,
     rank_under_metrics,
     rankings_agree,
+    store_location,
 )
 from tests.fixtures_search import (  # noqa: F401  (fixtures)
     chroma_client,
@@ -428,3 +431,51 @@ def test_index_survives_closing_and_reopening_in_a_new_process(tmp_path, minilm,
     assert reopened["documents"] == documents
     assert [h[0] for h in reopened["hits"]] == [h[0] for h in hits]
     assert [h[1] for h in reopened["hits"]] == pytest.approx([h[1] for h in hits], abs=1e-4)
+
+
+def test_store_location_names_the_store_without_connecting(monkeypatch, tmp_path):
+    monkeypatch.delenv(CHROMA_HOST_ENV, raising=False)
+    monkeypatch.delenv(CHROMA_PORT_ENV, raising=False)
+    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(tmp_path / "a"))
+    local = store_location()
+    assert (local.kind, local.path) == ("embedded", (tmp_path / "a" / "chroma").resolve())
+    assert (
+        local.key == f"embedded:{local.path}"
+        and local.describe() == f"embedded Chroma, files in {local.path}"
+    )
+    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(tmp_path / "b"))
+    assert store_location().key != local.key  # two data directories are two stores
+    monkeypatch.setenv(CHROMA_PORT_ENV, "9000")
+    server = store_location()
+    assert (server.kind, server.host, server.port, server.key) == (
+        "server",
+        "localhost",
+        9000,
+        "server:localhost:9000",
+    )
+    assert server.describe() == "the Chroma server at localhost:9000 (from CHROMA_HOST/CHROMA_PORT)"
+    assert store_location(tmp_path / "c").kind == "embedded"  # an explicit path wins over the server
+
+
+def test_hit_context_places_the_chunk_in_its_document():
+    text = "Alpha beta gamma. Delta epsilon zeta. Eta theta iota."
+    pieces = ["Alpha beta gamma.", "Delta epsilon zeta.", "Eta theta iota."]
+    chunks = [
+        Chunk("d.txt", "h", i, text.index(t), text.index(t) + len(t), t, 5) for i, t in enumerate(pieces)
+    ]
+    hit = Hit(1, "h-00001", "d.txt", "h", 1, 18, 37, "Delta epsilon zeta.", cosine=0.9, dot=0.9, l2=0.4)
+    whole = hit_context(hit, chunks, context_chars=100)
+    assert (whole.before, whole.text, whole.after) == (
+        "Alpha beta gamma. ",
+        "Delta epsilon zeta.",
+        " Eta theta iota.",
+    )
+    assert whole.at_start and whole.at_end
+    cut = hit_context(hit, chunks, context_chars=8)
+    assert (cut.before, cut.after) == ("gamma. ", " Eta")  # whole words only
+    assert not cut.at_start and not cut.at_end
+    html = hit_context_html(cut, anchor="hit-1")
+    assert html.startswith('<div id="hit-1"') and "…gamma. " in html and " Eta…" in html
+    assert '<mark style="background: #fde68a; padding: 0 2px;">Delta epsilon zeta.</mark>' in html
+    nasty = Hit(1, "x", "d", "h", 0, 0, 8, "<script>", cosine=1.0, dot=1.0, l2=0.0)
+    assert "<script>" not in hit_context_html(hit_context(nasty, []), anchor='"><x')

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from core.errors import VectorLabError
@@ -13,6 +15,27 @@ LABELS = {
     "auto": "auto (GPT-2 if available, else bundled SmolLM2)",
     "bundled-smollm2": "bundled SmolLM2-135M-Instruct (offline)",
 }
+
+
+def checkpoint_specs() -> list[str]:
+    """Fine-tuned checkpoints saved by the training station, as model specs (their directories)."""
+    from core.finetune_checkpoints import list_checkpoints
+
+    return [str(c.path) for c in list_checkpoints()]
+
+
+def label_of(option: str) -> str:
+    if option in LABELS:
+        return LABELS[option]
+    if option.startswith(str(checkpoints_root())):
+        return f"fine-tuned: {Path(option).name}"
+    return option
+
+
+def checkpoints_root() -> Path:
+    from core.finetune_checkpoints import checkpoints_dir
+
+    return checkpoints_dir()
 
 
 def _apply_choice() -> None:
@@ -36,18 +59,19 @@ def render_sidebar() -> None:
     """Draw the model picker, the shared text box and the loaded model's card."""
     state.init_state()
     spec = st.session_state[state.MODEL_SPEC]
-    other = st.session_state[state.MODEL_OTHER] or spec not in SUGGESTED_SPECS
+    options = list(SUGGESTED_SPECS) + checkpoint_specs() + [OTHER]
+    other = st.session_state[state.MODEL_OTHER] or spec not in options
     # Widgets are re-seeded from the plain keys on every page (see ui.state).
     st.session_state[state.MODEL_CHOICE] = OTHER if other else spec
-    st.session_state[state.MODEL_CUSTOM] = "" if spec in SUGGESTED_SPECS else spec
+    st.session_state[state.MODEL_CUSTOM] = "" if spec in options else spec
     st.session_state[state.TEXT_WIDGET] = st.session_state[state.TEXT]
     with st.sidebar:
         st.markdown("### Model")
         st.selectbox(
             "Model",
-            list(SUGGESTED_SPECS) + [OTHER],
+            options,
             key=state.MODEL_CHOICE,
-            format_func=lambda o: LABELS.get(o, o),
+            format_func=label_of,
             on_change=_apply_choice,
             label_visibility="collapsed",
         )

@@ -169,3 +169,11 @@ def _derived(name: str, key: str, text: str, _fn, _trace):
 def derived(name: str, fn, loaded, trace):
     """`fn(trace)` computed once per model and text (e.g. head patterns, the all-heads check)."""
     return _derived(name, model_key(loaded), trace.text, fn, trace)
+
+
+@st.cache_resource(show_spinner=False)
+def training_job():
+    """The one training job of this process, shared by every browser session."""
+    from core.jobs import TrainingJob
+
+    return TrainingJob()

@@ -86,4 +86,14 @@ STATIONS = (
         "Retrieval lets a model read text it was never trained on: the best chunks go into the prompt "
         "and the answer cites them, so you can check where it came from.",
     ),
+    Station(
+        8,
+        "Training with gradients",
+        "pages/8_training.py",
+        ":material/model_training:",
+        "Fine-tune the model on your own text: the loss becomes a gradient vector for every weight, and "
+        "AdamW moves each weight against it, step after step, while you watch.",
+        "Gradients are what shaped every vector in the other stations. Seeing their sizes per layer, and "
+        "what Adam does with them, makes 'training' concrete — and the before/after shows what changed.",
+    ),
 )
