@@ -242,7 +242,8 @@ if run is not None and run.step > 0 and not job.snapshot().active:
         rows += [adam.exp_avg, np.sqrt(adam.exp_avg_sq), -adam.step_size]
         names += ["m (mean of g)", "√v (RMS of g)", "update −lr·m̂/(√v̂+ε)"]
         st.markdown(
-            f"Adam's step {adam.step}: lr = {adam.lr:.1e}, β₁ = {adam.beta1}, β₂ = {adam.beta2}, ε = {adam.eps:.0e}. "
+            f"Adam's step {adam.step}: lr = {adam.lr:.1e}, β₁ = {adam.beta1}, β₂ = {adam.beta2}, "
+            f"ε = {adam.eps:.0e}. "
             "Each weight moves by about lr whatever the gradient's size: Adam divides by the gradient's "
             "own running RMS."
         )
