@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from core.errors import InputError, UnsupportedModelError
@@ -131,3 +132,15 @@ def parameter_by_name(model: Any, name: str) -> nn.Parameter:
         if candidate == name:
             return p
     raise KeyError(name)
+
+
+def bf16_supported() -> bool:
+    """True where bfloat16 autocast has hardware behind it: a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 or AMX tiles. Elsewhere autocast still runs, but emulated and slower than fp32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch without the probes
+        return False

@@ -12,6 +12,7 @@ from core import charts
 from core.documents import parse_files
 from core.errors import VectorLabError
 from core.finetune import TRAIN_PARTS, FineTuneRun, TrainConfig, prepare_data
+from core.finetune_arch import bf16_supported
 from core.finetune_compare import attention_change, compare_logit_lens, compare_next_token, weight_drift
 from core.jobs import FAILED, FINISHED, RUNNING, STOPPED, STOPPING
 from core.tokens import readable
@@ -92,12 +93,15 @@ n_last = c2.number_input(
 )
 seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed", disabled=snap.active)
 checkpoint = c4.text_input("Save as checkpoint", "my-finetune", key="train_ckpt", disabled=snap.active)
+has_bf16 = bf16_supported()
 bf16 = st.toggle(
     "bf16 autocast",
     False,
     key="train_bf16",
-    disabled=snap.active,
-    help="Faster where the CPU/GPU has bfloat16 matrix units; slightly less exact.",
+    disabled=snap.active or not has_bf16,
+    help="Faster where the CPU/GPU has bfloat16 matrix units; slightly less exact."
+    if has_bf16
+    else "This machine has no bfloat16 matrix units, so bf16 would be slower here: off.",
 )
 
 config = None
@@ -263,6 +267,41 @@ if run is not None and run.step > 0 and not job.snapshot().active:
         "gradient_and_adam",
     )
     downloads("gradient_and_adam", np.stack(rows), names, key="train_adam")
+
+    st.markdown("**Adam's state for any trained parameter**")
+    c1, c2 = st.columns([3, 1])
+    param_name = c1.selectbox("Parameter", run.trainable_names, key="train_param")
+    shape = dict(run.model.named_parameters())[param_name].shape
+    row = c2.number_input("Row", 0, shape[0] - 1, 0, key="train_param_row") if len(shape) == 2 else None
+    state_of = run.adam_state(param_name, row=None if row is None else int(row))
+    if state_of is None:
+        st.caption("Adam has no state for this parameter yet.")
+    else:
+        width = min(state_of.exp_avg.size, 256)
+        show_chart(
+            charts.heatmap(
+                np.stack(
+                    [
+                        state_of.exp_avg.ravel()[:width],
+                        np.sqrt(state_of.exp_avg_sq.ravel()[:width]),
+                        -state_of.step_size.ravel()[:width],
+                    ]
+                ),
+                ["m", "√v", "update"],
+                None,
+                title=f"{param_name}{'' if row is None else f' row {row}'} "
+                f"(first {width} of {state_of.exp_avg.size} values, shape {tuple(shape)})",
+                row_title="vector",
+                col_title="index",
+                show_col_labels=False,
+                height=140,
+            ),
+            "adam_state",
+        )
+        c1, c2, c3 = st.columns(3)
+        c1.metric("mean |m|", f"{np.abs(state_of.exp_avg).mean():.2e}")
+        c2.metric("mean √v", f"{np.sqrt(state_of.exp_avg_sq).mean():.2e}")
+        c3.metric("mean |update|", f"{np.abs(state_of.step_size).mean():.2e}", help="≈ lr when m̂/√v̂ ≈ ±1")
 
     st.subheader("5 · Before and after")
     prompt = st.text_input("Prompt", state.current_text(), key="train_prompt")

@@ -61,6 +61,13 @@ def test_short_finetune_from_the_page(job, tiny_model_dir, tmp_path):
     at.selectbox(key="train_token").select_index(1).run()
     assert_clean(at)
     assert float(metrics(at)["‖gradient of this row‖"]) >= 0
+    block_param = next(
+        n for n in at.selectbox(key="train_param").options if ".1." in n and n.endswith("weight")
+    )
+    at.selectbox(key="train_param").select(block_param).run()
+    assert_clean(at)
+    # With lr 3e-3, Adam's per-weight updates are about lr in size (m̂/√v̂ is of order 1).
+    assert 1e-5 < float(metrics(at)["mean |update|"]) <= 3e-3 * 1.01
 
 
 def test_stop_resume_and_a_second_session_sees_the_same_job(job, tiny_gpt2_dir):
