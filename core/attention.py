@@ -78,8 +78,8 @@ def head_steps(trace: Trace, layer: int, head: int, position: int) -> HeadSteps:
         mask=mask,
         weights=weights,
         output=weights @ values,
-        model_output=trace.head_outputs[layer, head, position].astype(np.float64),
-        model_weights=trace.attentions[layer, head, position].astype(np.float64),
+        model_output=trace.head_output_layers[layer][position, head].astype(np.float64),
+        model_weights=trace.attention_layers[layer][head, position].astype(np.float64),
     )
 
 
@@ -96,7 +96,8 @@ def all_heads_error(trace: Trace) -> float:
         scores -= scores.max(-1, keepdims=True)
         weights = np.exp(scores)
         weights /= weights.sum(-1, keepdims=True)
-        error = max(error, float(np.abs(weights @ v - trace.head_outputs[layer]).max()))
+        model = trace.head_output_layers[layer].transpose(1, 0, 2)  # [H, T, dh]
+        error = max(error, float(np.abs(weights @ v - model).max()))
     return error
 
 
@@ -132,18 +133,17 @@ class HeadPatterns:
 
 def head_patterns(trace: Trace) -> HeadPatterns:
     """Attention shares on previous / first / self token for every head, from the weights alone."""
-    A = trace.attentions  # [L, H, T, T]
-    T = trace.n_tokens
+    L, H, T = trace.n_layer, trace.n_head, trace.n_tokens
     if T < 2:
-        zeros = np.zeros(A.shape[:2])
-        return HeadPatterns(zeros, np.ones(A.shape[:2]), np.ones(A.shape[:2]), zeros)
+        zeros = np.zeros((L, H))
+        return HeadPatterns(zeros, np.ones((L, H)), np.ones((L, H)), zeros)
     rows = np.arange(1, T)
-    previous = A[:, :, rows, rows - 1].mean(-1, dtype=np.float64)
-    first = A[:, :, rows, 0].mean(-1, dtype=np.float64)
-    self_ = A[:, :, rows, rows].mean(-1, dtype=np.float64)
-    entropy = np.zeros(A.shape[:2])
-    for layer in range(A.shape[0]):  # per layer: a full-size float copy of A would be L·H·T² floats
-        p = A[layer, :, 1:, :].astype(np.float64)
+    previous, first, self_, entropy = (np.zeros((L, H)) for _ in range(4))
+    for layer, A in enumerate(trace.attention_layers):  # A: [H, T, T]; one layer at a time
+        previous[layer] = A[:, rows, rows - 1].mean(-1, dtype=np.float64)
+        first[layer] = A[:, rows, 0].mean(-1, dtype=np.float64)
+        self_[layer] = A[:, rows, rows].mean(-1, dtype=np.float64)
+        p = A[:, 1:, :].astype(np.float64)
         entropy[layer] = -(p * np.log2(np.where(p > 0, p, 1.0))).sum(-1).mean(-1)
     return HeadPatterns(previous, first, self_, entropy)
 
@@ -184,7 +184,7 @@ def attention_grid_image(trace: Trace, window: slice, tile: int = 40, gap: int =
 
     Returns uint8 [L·(tile+gap), H·(tile+gap), 3]; each map is scaled to its own maximum.
     """
-    A = trace.attentions[:, :, window, window]  # [L, H, w, w]
+    A = np.stack([layer[:, window, window] for layer in trace.attention_layers])  # [L, H, w, w]
     L, H, w, _ = A.shape
     if w == 0:
         raise InputError("The token window is empty.")

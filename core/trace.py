@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -65,10 +66,11 @@ class Trace:
     v: np.ndarray  # [L, Hkv, T, dh] values
     q_pre_rotary: np.ndarray | None  # [L, H, T, dh] before rotary (Llama); None for GPT-2
     k_pre_rotary: np.ndarray | None  # [L, Hkv, T, dh]
-    attentions: np.ndarray  # [L, H, T_query, T_key] softmax weights; causal upper triangle is 0
-    head_outputs: np.ndarray  # [L, H, T, dh] attention-weighted sum of V rows, per head
-    attn_out: np.ndarray  # [L, T, d] attention block's contribution to the residual stream
-    mlp_out: np.ndarray  # [L, T, d] MLP's contribution to the residual stream
+    attention_layers: tuple[np.ndarray, ...]  # L × [H, T_query, T_key] softmax weights, as the model
+    # returned them (see `attentions` for one [L, H, T, T] array); causal upper triangle is 0
+    head_output_layers: tuple[np.ndarray, ...]  # L × [T, H, dh] attention-weighted sums of V rows
+    attn_out_layers: tuple[np.ndarray, ...]  # L × [T, d] attention's contribution to the residual stream
+    mlp_out_layers: tuple[np.ndarray, ...]  # L × [T, d] the MLP's contribution
     residual: np.ndarray  # [L+1, T, d] residual stream: block input, then after every block
     scaling: float  # the attention score scale used, 1/√dh for these models
     top_ids: np.ndarray  # [T, k] most likely next tokens at every position
@@ -76,6 +78,30 @@ class Trace:
     target_logprobs: np.ndarray  # [T-1] log p(actual token t+1 | tokens ≤ t)
     last_logits: np.ndarray  # [V] logits after the last token
     last_probs: np.ndarray  # [V] softmax(last_logits)
+
+    @cached_property
+    def attentions(self) -> np.ndarray:
+        """[L, H, T_query, T_key] every layer's weights in one array, built on first use.
+
+        For Llama-sized models at 512 tokens this is hundreds of MB, so the pass itself keeps the
+        per-layer arrays and only pages that need the whole block pay for stacking it.
+        """
+        return np.stack(self.attention_layers)
+
+    @cached_property
+    def head_outputs(self) -> np.ndarray:
+        """[L, H, T, dh] each head's output, built on first use from `head_output_layers`."""
+        return np.stack([h.transpose(1, 0, 2) for h in self.head_output_layers])
+
+    @cached_property
+    def attn_out(self) -> np.ndarray:
+        """[L, T, d] the attention blocks' contributions, stacked on first use."""
+        return np.stack(self.attn_out_layers)
+
+    @cached_property
+    def mlp_out(self) -> np.ndarray:
+        """[L, T, d] the MLPs' contributions, stacked on first use."""
+        return np.stack(self.mlp_out_layers)
 
     @property
     def n_tokens(self) -> int:
@@ -207,9 +233,12 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
         with torch.inference_mode():
             out = model(input_ids=torch.as_tensor(ids)[None], use_cache=False)
             logits = out.logits[0]  # [T, V]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            top_lp, top_ids = logprobs.topk(config.top_k, dim=-1)
-            target_lp = logprobs[:-1].gather(1, torch.as_tensor(ids[1:])[:, None])[:, 0]
+            # log p = logit − logsumexp(row): only the entries kept are normalised, never a [T, V] copy.
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [T, 1]
+            top_logits, top_ids = logits.topk(config.top_k, dim=-1)
+            top_lp = top_logits - lse
+            target_lp = logits[:-1].gather(1, torch.as_tensor(ids[1:])[:, None])[:, 0] - lse[:-1, 0]
+            last_probs = torch.softmax(logits[-1].double(), dim=-1).float()
 
             def heads(x, n):  # [1, T, n*dh] -> [n, T, dh]
                 return x[0].view(T, n, info.d_head).transpose(0, 1)
@@ -261,19 +290,17 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
         v=_np(v),
         q_pre_rotary=None if q_pre is None else _np(q_pre),
         k_pre_rotary=None if k_pre is None else _np(k_pre),
-        attentions=np.stack([_np(w[0]) for w in got["w"]]),
-        head_outputs=np.stack(
-            [_np(h[0].view(T, info.n_head, info.d_head).transpose(0, 1)) for h in got["heads"]]
-        ),
-        attn_out=np.stack([_np(a[0]) for a in got["attn"]]),
-        mlp_out=np.stack([_np(m[0]) for m in got["mlp"]]),
+        attention_layers=tuple(_np(w[0]) for w in got["w"]),
+        head_output_layers=tuple(_np(h[0]).reshape(T, info.n_head, info.d_head) for h in got["heads"]),
+        attn_out_layers=tuple(_np(a[0]) for a in got["attn"]),
+        mlp_out_layers=tuple(_np(m[0]) for m in got["mlp"]),
         residual=_np(residual),
         scaling=float(attns[0].scaling),
         top_ids=top_ids.numpy(),
         top_probs=top_lp.exp().numpy(),
         target_logprobs=target_lp.numpy(),
         last_logits=_np(logits[-1]),
-        last_probs=logprobs[-1].exp().numpy(),
+        last_probs=last_probs.numpy(),
     )
 
 

@@ -77,7 +77,7 @@ c1, c2 = st.columns(2)
 layer = c1.selectbox("Layer", range(info.n_layer), key="att_layer")
 head = c2.selectbox("Head", range(info.n_head), key="att_head")
 st.info(patterns.hint(layer, head))
-A = trace.attentions[layer, head][window, window].astype(np.float64)
+A = trace.attention_layers[layer][head][window, window].astype(np.float64)
 masked = np.where(np.triu(np.ones_like(A, dtype=bool), k=1), np.nan, A)
 show_chart(
     charts.heatmap(
@@ -93,7 +93,7 @@ show_chart(
     ),
     "attention_2",
 )
-downloads(f"attention_L{layer}_H{head}", trace.attentions[layer, head], labels, labels, key="att_map")
+downloads(f"attention_L{layer}_H{head}", trace.attention_layers[layer][head], labels, labels, key="att_map")
 
 # ---------------------------------------------------------------- one token, step by step
 st.subheader("One token, step by step")

@@ -62,12 +62,12 @@ def test_head_patterns_on_constructed_attention(traced):
 
     _, trace = traced
     T = trace.n_tokens
-    A = np.zeros_like(trace.attentions)
+    A = np.zeros((trace.n_layer, trace.n_head, trace.n_tokens, trace.n_tokens), dtype=np.float32)
     A[:, :, 0, 0] = 1
     A[0, 0, np.arange(1, T), np.arange(T - 1)] = 1  # layer 0 head 0: previous token
     A[0, 1, :, 0] = 1  # layer 0 head 1: first token
     A[1, :, np.arange(T), np.arange(T)] = 1  # layer 1: itself
-    patterns = head_patterns(replace(trace, attentions=A))
+    patterns = head_patterns(replace(trace, attention_layers=tuple(A)))
     assert patterns.previous[0, 0] == 1 and patterns.first[0, 1] == 1 and patterns.self_[1, 0] == 1
     assert "previous-token head" in patterns.hint(0, 0)
     assert "attention sink" in patterns.hint(0, 1)
