@@ -464,6 +464,10 @@ class DocumentIndex:
         ]
         return sorted(chunks, key=lambda c: c.index)
 
+    def document_text(self, content_hash: str) -> str:
+        """One indexed document's text, rebuilt from its chunks (overlaps counted once)."""
+        return merge_chunks(self.document_chunks(content_hash))
+
     def has_document(self, content_hash: str) -> bool:
         return bool(self.collection.get(where={"doc_hash": content_hash}, limit=1, include=[])["ids"])
 
@@ -703,3 +707,22 @@ def _chunk_from(meta: dict[str, Any], text: str) -> Chunk:
         text=text,
         n_tokens=int(meta["n_tokens"]),
     )
+
+
+def merge_chunks(chunks: Sequence[Chunk]) -> str:
+    """Join chunks of one document back into its text using their character spans.
+
+    Chunks may overlap (ChunkSettings.overlap_tokens); each character is taken once, from the first
+    chunk that covers it. Gaps between chunks (whitespace the splitter dropped) become one space.
+    """
+    text = ""
+    end = 0  # character position in the document that `text` has reached
+    for chunk in sorted(chunks, key=lambda c: c.char_start):
+        if chunk.char_end <= end:
+            continue
+        if chunk.char_start > end and text:
+            text += " "
+        skip = max(0, end - chunk.char_start)
+        text += chunk.text[skip:]
+        end = chunk.char_end
+    return text

@@ -24,7 +24,7 @@ from core.training_charts import (
     loss_chart,
     next_token_chart,
 )
-from ui import state
+from ui import search_state, state
 from ui.sidebar import render_sidebar
 from ui.widgets import downloads, show_chart
 
@@ -51,7 +51,7 @@ snap = job.snapshot()
 st.subheader("1 · The training text")
 source = st.radio(
     "Train on",
-    ["pasted text", "uploaded .txt / .md files"],
+    ["pasted text", "uploaded .txt / .md files", "documents indexed for search"],
     horizontal=True,
     key="train_source",
     disabled=snap.active,
@@ -60,6 +60,23 @@ texts: list[str] = []
 if source == "pasted text":
     pasted = st.text_area("Text", DEFAULT_TRAINING_TEXT, height=150, key="train_text", disabled=snap.active)
     texts = [pasted]
+elif source == "documents indexed for search":
+    location, client = search_state.require_store()
+    index = search_state.require_index(client, st.session_state.get(search_state.COLLECTION) or "documents")
+    documents = index.list_documents()
+    if not documents:
+        st.info("Nothing is indexed yet: add documents on the Vector search page, or pick another source.")
+        st.stop()
+    chosen = st.multiselect(
+        "Documents",
+        documents,
+        default=documents,
+        format_func=lambda d: d.name,
+        key="train_docs",
+        disabled=snap.active,
+    )
+    texts = [index.document_text(d.content_hash) for d in chosen]
+    st.caption(f"From the collection '{index.name}' in {location.describe()}.")
 else:
     files = st.file_uploader(
         "Text files", type=["txt", "md"], accept_multiple_files=True, key="train_files", disabled=snap.active

@@ -105,3 +105,27 @@ def test_bad_training_input_gives_messages(job, tiny_gpt2_dir):
     assert not at.exception
     assert "shorter than" in at.main.error[0].value or "too short" in at.main.error[0].value
     assert at.button(key="train_start").disabled
+
+
+def test_train_on_documents_indexed_for_search(job, tiny_gpt2_dir, tmp_path):
+    from core.documents import parse_text
+    from core.search import DocumentIndex, close_client, make_client
+    from ui.search_state import sentence_embedder
+
+    client = make_client(tmp_path / "chroma")
+    text = "Honeybees dance to tell each other where the flowers are. " * 60
+    DocumentIndex(client, sentence_embedder()).add_documents([parse_text(text, name="bees.txt")])
+    close_client(client)
+
+    at = page(str(tiny_gpt2_dir)).run()
+    at.radio(key="train_source").set_value("documents indexed for search").run()
+    assert_clean(at)
+    assert [o for o in at.multiselect(key="train_docs").value] and "bees.txt" in at.multiselect(
+        key="train_docs"
+    ).options
+    from core.models import gpt2_tokenizer
+
+    expected = len(gpt2_tokenizer()(text.strip())["input_ids"])
+    assert (
+        abs(int(metrics(at)["Tokens"].replace(",", "")) - expected) <= 2
+    )  # the same text, rebuilt from chunks

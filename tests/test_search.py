@@ -479,3 +479,15 @@ def test_hit_context_places_the_chunk_in_its_document():
     assert '<mark style="background: #fde68a; padding: 0 2px;">Delta epsilon zeta.</mark>' in html
     nasty = Hit(1, "x", "d", "h", 0, 0, 8, "<script>", cosine=1.0, dot=1.0, l2=0.0)
     assert "<script>" not in hit_context_html(hit_context(nasty, []), anchor='"><x')
+
+
+def test_merge_chunks_rebuilds_the_document_once():
+    from core.documents import Chunk
+    from core.search import merge_chunks
+
+    text = "alpha beta gamma delta epsilon zeta"
+    spans = [(0, 16), (11, 28), (23, 36)]  # overlapping, out of order below
+    chunks = [Chunk("d", "h", i, a, b, text[a:b], 3) for i, (a, b) in enumerate(spans)]
+    assert merge_chunks(list(reversed(chunks))) == text
+    gap = [Chunk("d", "h", 0, 0, 5, "alpha", 1), Chunk("d", "h", 1, 6, 10, "beta", 1)]
+    assert merge_chunks(gap) == "alpha beta"
