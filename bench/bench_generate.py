@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_trace import build  # noqa: E402
 from core.generation import generate_steps  # noqa: E402
-from core.models import gpt2_tokenizer, load_model, wrap  # noqa: E402
 from core.sampling import SamplingConfig  # noqa: E402
 
 PROMPT = (
@@ -30,17 +30,6 @@ PROMPT = (
     "multiplied by the unembedding matrix and turned into probabilities by a softmax, and"
 )
 SAMPLE = SamplingConfig(temperature=0.8, top_k=50, top_p=0.9, seed=0)
-
-
-def build(spec: str):
-    if spec == "gpt2-shape":
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        torch.manual_seed(0)
-        return wrap(
-            GPT2LMHeadModel(GPT2Config()), gpt2_tokenizer(), spec, "GPT-2 small shape (random weights)"
-        )
-    return load_model(spec)
 
 
 def hf_generate(loaded, ids: torch.Tensor, n: int, mode: str) -> list[int]:

@@ -491,6 +491,8 @@ class DocumentIndex:
             seen[doc.content_hash] = doc.name
             planned.append((doc, self.chunker.chunk(doc)))
         rows = [(doc, chunk, len(chunks)) for doc, chunks in planned for chunk in chunks]
+        # Batches of similar length pad less inside the encoder (the order in the store is irrelevant).
+        rows.sort(key=lambda row: row[1].n_tokens)
         total = len(rows)
         if on_progress:
             on_progress(0, total)

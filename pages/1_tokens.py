@@ -10,7 +10,7 @@ from core import charts
 from core.tokens import nearest_tokens, neighbourhood_map, pieces_html, readable, tokenize_plain
 from ui import state
 from ui.sidebar import render_sidebar
-from ui.widgets import show_chart
+from ui.widgets import downloads, show_chart
 
 st.title("1 · Tokens & token embeddings")
 st.markdown(
@@ -68,8 +68,7 @@ check = float(np.abs(trace.token_embeddings - embeddings[trace.token_ids]).max()
 st.caption(
     f"Check: max |trace's token vectors − E[ids]| = {check:.2e} (the model really looks up these rows)."
 )
-frame = pd.DataFrame(trace.token_embeddings, index=[f"{i}:{p}" for i, p in enumerate(trace.pieces)])
-st.download_button("Download all rows (CSV)", frame.to_csv().encode(), "token_embeddings.csv", "text/csv")
+downloads("token_embeddings", trace.token_embeddings, [f"{i}:{p}" for i, p in enumerate(trace.pieces)])
 
 # ---------------------------------------------------------------- neighbours
 st.subheader("Nearest tokens by cosine similarity")

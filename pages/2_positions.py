@@ -20,7 +20,7 @@ from core.positions import (
 from core.tokens import readable
 from ui import state
 from ui.sidebar import render_sidebar
-from ui.widgets import show_chart
+from ui.widgets import downloads, show_chart
 
 st.title("2 · Positional encoding")
 st.markdown(
@@ -69,6 +69,7 @@ if trace.position_vectors is not None:
             container=col,
         )
     st.metric("Check: max |(E[id] + P[t]) − block input|", f"{error:.2e}")
+    downloads("position_vectors", trace.position_vectors, labels, key="pos_vectors")
     if T > window:
         st.caption(f"Showing the first {window} of {T} tokens.")
 
@@ -141,6 +142,7 @@ else:
     rot = trace.rotary
     st.subheader("No position vector: the block input is the token embedding")
     st.metric("Check: max |E[id] − block input|", f"{error:.2e}")
+    downloads("rotary_cos_sin", np.concatenate([rot.cos, rot.sin], axis=1), labels, key="rope_tables")
     st.markdown(
         "Instead, inside every attention layer each query and key head vector is cut into pairs "
         f"`(x_i, x_(i+{rot.d_head // 2}))` and pair *i* is turned by the angle `t · θ^(−2i/d_head)` "

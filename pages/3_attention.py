@@ -184,21 +184,24 @@ if trace.rotary is not None:
     st.subheader("Rotary positions and shared keys")
     before = trace.q_pre_rotary[layer, head, position]
     after = trace.q[layer, head, position]
+    k_before = trace.k_pre_rotary[layer, s.kv_head, position]
+    k_after = trace.k[layer, s.kv_head, position]
     show_chart(
         charts.heatmap(
-            np.stack([before, after]),
-            ["q before rotary", "q after rotary"],
+            np.stack([before, after, k_before, k_after]),
+            ["q before rotary", "q after rotary", "k before rotary", "k after rotary"],
             None,
             row_title="vector",
             col_title="dimension",
             show_col_labels=False,
-            height=120,
+            height=160,
         ),
         "attention_7",
     )
     st.caption(
         f"Same length before and after ({np.linalg.norm(before):.3f} vs {np.linalg.norm(after):.3f}): "
-        "rotation only turns the pairs, by angles that grow with the position."
+        "rotation only turns the pairs, by angles that grow with the position. The token's own key "
+        f"(K/V head {s.kv_head}) is turned by exactly the same angles."
     )
     group = info.n_head // info.n_kv_head
     st.markdown(
