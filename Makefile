@@ -41,6 +41,10 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_trace.py
 	$(BIN)/python bench/bench_startup.py
+	$(BIN)/python bench/bench_pages.py
+	$(BIN)/python bench/bench_generate.py
+	$(BIN)/python bench/bench_search.py
+	$(BIN)/python bench/bench_train.py --repeats 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
