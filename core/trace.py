@@ -225,10 +225,12 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
                 handles.append(attn.k_proj.register_forward_hook(keep("k", i)))
                 handles.append(attn.v_proj.register_forward_hook(keep("v", i)))
 
-                def rope_hook(_module, _args, kwargs, i=i):
-                    got["rope"][i] = kwargs["position_embeddings"]
+                if i == 0:  # every layer rotates with the same (cos, sin) tables
 
-                handles.append(attn.register_forward_pre_hook(rope_hook, with_kwargs=True))
+                    def rope_hook(_module, _args, kwargs):
+                        got["rope"][0] = kwargs["position_embeddings"]
+
+                    handles.append(attn.register_forward_pre_hook(rope_hook, with_kwargs=True))
 
         with torch.inference_mode():
             out = model(input_ids=torch.as_tensor(ids)[None], use_cache=False)
