@@ -161,7 +161,7 @@ def lm_mean_pool_embeddings(
         mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1)  # [B, C]
         pooled.append(mean.cpu().numpy())
     vectors = np.concatenate(pooled).astype(np.float32)
-    return _normalize_rows(vectors) if normalize else vectors
+    return unit_rows(vectors) if normalize else vectors
 
 
 class LMEmbedder:
@@ -194,8 +194,9 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def _normalize_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero), so dot products are cosine similarities."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.where(norms == 0, 1.0, norms)
 
 
@@ -204,7 +205,7 @@ def _normalize_rows(x: np.ndarray) -> np.ndarray:
 
 def cosine_similarity_matrix(embeddings: np.ndarray) -> np.ndarray:
     """Pairwise cosine similarity of the rows of [N, d] -> [N, N] in [-1, 1] (zero rows score 0)."""
-    x = _normalize_rows(np.asarray(embeddings, dtype=np.float64))
+    x = unit_rows(np.asarray(embeddings, dtype=np.float64))
     return np.clip(x @ x.T, -1.0, 1.0)
 
 
@@ -225,8 +226,8 @@ def compare_pairs(embedders: Mapping[str, Embedder], pairs: Sequence[tuple[str, 
     seconds = [b for _, b in pairs]
     per_embedder: dict[str, np.ndarray] = {}
     for name, embedder in embedders.items():
-        a = _normalize_rows(embedder.encode(firsts).astype(np.float64))  # [P, d]
-        b = _normalize_rows(embedder.encode(seconds).astype(np.float64))  # [P, d]
+        a = unit_rows(embedder.encode(firsts).astype(np.float64))  # [P, d]
+        b = unit_rows(embedder.encode(seconds).astype(np.float64))  # [P, d]
         per_embedder[name] = (a * b).sum(axis=1)  # [P]
     return [
         PairScore(first, second, {name: float(sims[i]) for name, sims in per_embedder.items()})
@@ -355,8 +356,8 @@ def zero_shot_classify(
         raise InputError("Give at least one label to classify into.")
     if len(labels) != len(label_embeddings):
         raise InputError(f"Got {len(labels)} labels but {len(label_embeddings)} label embeddings.")
-    items = _normalize_rows(np.asarray(item_embeddings, dtype=np.float64))
-    anchors = _normalize_rows(np.asarray(label_embeddings, dtype=np.float64))
+    items = unit_rows(np.asarray(item_embeddings, dtype=np.float64))
+    anchors = unit_rows(np.asarray(label_embeddings, dtype=np.float64))
     sims = items @ anchors.T  # [N, L]
     predictions = []
     for row in sims:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.models import GPT2_FAMILY, LoadedModel
+from core.finetune_arch import model_parts
+from core.models import LoadedModel
 
 
 def final_norm_and_head(loaded: LoadedModel):
     """(final norm module, unembedding module) of either family."""
-    model = loaded.model
-    norm = model.transformer.ln_f if loaded.info.family == GPT2_FAMILY else model.model.norm
-    return norm, model.get_output_embeddings()
+    parts = model_parts(loaded.model)
+    return parts.final_norm, parts.lm_head
 
 
 def unembed(loaded: LoadedModel, vectors: np.ndarray) -> np.ndarray:

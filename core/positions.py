@@ -19,12 +19,6 @@ def sinusoidal(n_positions: int, d: int, base: float = 10000.0) -> np.ndarray:
     return table
 
 
-def cosine_matrix(rows: np.ndarray) -> np.ndarray:
-    """Pairwise cosine similarity of rows [N, d] → [N, N]."""
-    unit = rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
-    return unit @ unit.T
-
-
 def block_input_error(trace: Trace) -> float:
     """max |expected − actual block input|: token + position (GPT-2) or the token embedding (rotary)."""
     expected = trace.token_embeddings

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.embeddings import pca_2d
 from core.errors import InputError
 
 # Pastel colours that keep black text readable; pieces cycle through them.
@@ -52,18 +53,12 @@ def embedding_matrix(model) -> np.ndarray:
     return model.get_input_embeddings().weight.detach().cpu().numpy()
 
 
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (zero rows stay zero), for cosine similarity by dot product."""
-    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
-
-
 def nearest_tokens(
     unit_embeddings: np.ndarray, token_id: int, strings: list[str], k: int = 10, include_self: bool = False
 ) -> list[Neighbour]:
     """The k vocabulary rows with the highest cosine similarity to row `token_id`.
 
-    `unit_embeddings` is `unit_rows(embedding_matrix)`, [V, d], computed once per model.
+    `unit_embeddings` is `core.embeddings.unit_rows(embedding_matrix)`, [V, d], computed once per model.
     """
     if not 0 <= token_id < len(unit_embeddings):
         raise InputError(f"Token id {token_id} is outside the vocabulary (0–{len(unit_embeddings) - 1}).")
@@ -77,26 +72,6 @@ def nearest_tokens(
     top = np.argpartition(-sims, k - 1)[:k]
     top = top[np.argsort(-sims[top], kind="stable")]
     return [Neighbour(int(i), strings[i], float(sims[i])) for i in top]
-
-
-def pca_2d(points: np.ndarray) -> np.ndarray:
-    """Project rows [N, d] onto their first two principal components → [N, 2].
-
-    Signs are fixed (largest |loading| positive) so the map does not flip between reruns.
-    """
-    if len(points) == 0:
-        return np.zeros((0, 2), dtype=np.float32)
-    centred = points - points.mean(axis=0, keepdims=True)
-    if len(points) == 1:
-        return np.zeros((1, 2), dtype=np.float32)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    components = vt[:2]
-    signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
-    components = components * signs[:, None]
-    coords = centred @ components.T
-    if coords.shape[1] < 2:  # all points on a line
-        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
-    return coords.astype(np.float32)
 
 
 def neighbourhood_map(
@@ -126,7 +101,7 @@ def neighbourhood_map(
                     seen.add(int(token_id))
                     rows.append(int(token_id))
                     meta.append(("neighbour", strings[anchor]))
-    coords = pca_2d(embeddings[rows])
+    coords = pca_2d(embeddings[rows]).coords
     return [
         MapPoint(tid, strings[tid], float(x), float(y), kind, anchor)
         for tid, (x, y), (kind, anchor) in zip(rows, coords, meta, strict=True)

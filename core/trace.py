@@ -255,16 +255,10 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
                 cos, sin = got["rope"][0]
                 q_pre, k_pre = q, k
                 q, k = apply_rotary(q_pre, k_pre, cos[0], sin[0], unsqueeze_dim=0)
-                inv_freq = getattr(model.model.rotary_emb, "inv_freq", None)
                 rotary = RotaryInfo(
                     theta=rope_theta(model.config),
                     d_head=info.d_head,
-                    inv_freq=_np(inv_freq)
-                    if inv_freq is not None
-                    else _np(
-                        1.0
-                        / rope_theta(model.config) ** (torch.arange(0, info.d_head, 2).float() / info.d_head)
-                    ),
+                    inv_freq=_np(model.model.rotary_emb.inv_freq),  # the model's own angular speeds
                     positions=np.arange(T),
                     cos=_np(cos[0]),
                     sin=_np(sin[0]),

@@ -7,9 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from core import charts
+from core.embeddings import cosine_similarity_matrix
 from core.positions import (
     block_input_error,
-    cosine_matrix,
     learned_position_table,
     pair_angles,
     rotary_offset_check,
@@ -79,7 +79,7 @@ if trace.position_vectors is not None:
     left, right = st.columns(2)
     show_chart(
         charts.heatmap(
-            cosine_matrix(table),
+            cosine_similarity_matrix(table),
             None,
             None,
             title="GPT-2 learned P: cosine(P[i], P[j])",
@@ -93,7 +93,7 @@ if trace.position_vectors is not None:
     )
     show_chart(
         charts.heatmap(
-            cosine_matrix(sinusoidal(n_pos, d)),
+            cosine_similarity_matrix(sinusoidal(n_pos, d)),
             None,
             None,
             title="Sinusoidal encoding: cosine(PE[i], PE[j])",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from core import charts
+from core.embeddings import cosine_similarity_matrix, pca_2d, unit_rows
 from core.errors import InputError
 from core.positions import (
-    cosine_matrix,
     learned_position_table,
     pair_angles,
     rotary_offset_check,
@@ -20,11 +20,9 @@ from core.positions import (
 from core.tokens import (
     nearest_tokens,
     neighbourhood_map,
-    pca_2d,
     pieces_html,
     readable,
     tokenize_plain,
-    unit_rows,
 )
 
 
@@ -52,15 +50,15 @@ def test_nearest_tokens_bad_id(table):
 
 
 def test_pca_orders_variance_and_is_stable(table):
-    coords = pca_2d(table)
+    coords = pca_2d(table).coords
     assert coords.shape == (200, 2)
     assert coords[:, 0].var() >= coords[:, 1].var()
     np.testing.assert_allclose(coords.mean(0), 0, atol=1e-5)
-    np.testing.assert_array_equal(pca_2d(table), coords)  # deterministic signs
+    np.testing.assert_array_equal(pca_2d(table).coords, coords)  # deterministic signs
     # Variance captured equals the top two singular values², as PCA must.
     s = np.linalg.svd(table - table.mean(0), compute_uv=False)
     np.testing.assert_allclose((coords**2).sum(0), s[:2] ** 2, rtol=1e-4)
-    assert pca_2d(table[:1]).shape == (1, 2)
+    assert pca_2d(table[:1]).coords.shape == (1, 2)
 
 
 def test_neighbourhood_map_marks_sentence_tokens(table):
@@ -95,9 +93,9 @@ def test_sinusoidal_formula():
     t, i = 7, 3
     assert pe[t, 2 * i] == pytest.approx(np.sin(t / 10000 ** (2 * i / 16)), abs=1e-6)
     assert pe[t, 2 * i + 1] == pytest.approx(np.cos(t / 10000 ** (2 * i / 16)), abs=1e-6)
-    np.testing.assert_allclose(np.diag(cosine_matrix(pe)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.diag(cosine_similarity_matrix(pe)), 1.0, atol=1e-6)
     # Nearby positions are more alike than far ones.
-    sim = cosine_matrix(pe)
+    sim = cosine_similarity_matrix(pe)
     assert sim[10, 11] > sim[10, 40]
 
 

@@ -131,7 +131,8 @@ def require_trace(loaded, max_tokens: int = 512):
 
 @st.cache_resource(show_spinner="Reading the vocabulary…", max_entries=2)
 def _vocab(key: str, _loaded):
-    from core.tokens import embedding_matrix, unit_rows, vocab_strings
+    from core.embeddings import unit_rows
+    from core.tokens import embedding_matrix, vocab_strings
 
     matrix = embedding_matrix(_loaded.model)
     return vocab_strings(_loaded.tokenizer), np.ascontiguousarray(unit_rows(matrix)), matrix
