@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from core.errors import VectorLabError
@@ -17,25 +15,11 @@ LABELS = {
 }
 
 
-def checkpoint_specs() -> list[str]:
-    """Fine-tuned checkpoints saved by the training station, as model specs (their directories)."""
+def checkpoint_labels() -> dict[str, str]:
+    """Fine-tuned checkpoints saved by the training station: model spec (their folder) → picker label."""
     from core.finetune_checkpoints import list_checkpoints
 
-    return [str(c.path) for c in list_checkpoints()]
-
-
-def label_of(option: str) -> str:
-    if option in LABELS:
-        return LABELS[option]
-    if option.startswith(str(checkpoints_root())):
-        return f"fine-tuned: {Path(option).name}"
-    return option
-
-
-def checkpoints_root() -> Path:
-    from core.finetune_checkpoints import checkpoints_dir
-
-    return checkpoints_dir()
+    return {str(c.path): f"fine-tuned: {c.name}" for c in list_checkpoints()}
 
 
 def _apply_choice() -> None:
@@ -59,7 +43,8 @@ def render_sidebar() -> None:
     """Draw the model picker, the shared text box and the loaded model's card."""
     state.init_state()
     spec = st.session_state[state.MODEL_SPEC]
-    options = list(SUGGESTED_SPECS) + checkpoint_specs() + [OTHER]
+    labels = {**LABELS, **checkpoint_labels()}
+    options = list(SUGGESTED_SPECS) + [o for o in labels if o not in SUGGESTED_SPECS] + [OTHER]
     other = st.session_state[state.MODEL_OTHER] or spec not in options
     # Widgets are re-seeded from the plain keys on every page (see ui.state).
     st.session_state[state.MODEL_CHOICE] = OTHER if other else spec
@@ -71,7 +56,7 @@ def render_sidebar() -> None:
             "Model",
             options,
             key=state.MODEL_CHOICE,
-            format_func=label_of,
+            format_func=lambda o: labels.get(o, o),
             on_change=_apply_choice,
             label_visibility="collapsed",
         )
