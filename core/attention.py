@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import InputError
+from core.tolerance import CheckResult, check_within, float32_tolerance, softmax_tolerance, worst
 from core.trace import Trace
 
 
@@ -34,13 +35,22 @@ class HeadSteps:
     model_weights: np.ndarray  # [T] the model's own attention row
 
     @property
-    def output_error(self) -> float:
-        """max |hand-computed head output − the model's head output|."""
-        return float(np.abs(self.output - self.model_output).max())
+    def weights_check(self) -> CheckResult:
+        """Our softmax row against the model's, within float32 rounding of q·k (see core.tolerance)."""
+        return check_within(self.weights, self.model_weights, self._weights_tolerance)
 
     @property
-    def weights_error(self) -> float:
-        return float(np.abs(self.weights - self.model_weights).max())
+    def output_check(self) -> CheckResult:
+        """Our Σ_j w_j·v_j against the model's head output, within float32 rounding."""
+        tolerance = self._weights_tolerance * np.abs(self.values).max() + float32_tolerance(
+            self.values, reduction_length=len(self.values)
+        )
+        return check_within(self.output, self.model_output, tolerance)
+
+    @property
+    def _weights_tolerance(self) -> float:
+        # The scores come out of dh-term dot products; a score error Δ moves each weight by ≤ 2Δ·w.
+        return softmax_tolerance(self.scaled_scores, reduction_length=len(self.q))
 
 
 def _check_index(name: str, value: int, size: int) -> None:
@@ -83,22 +93,31 @@ def head_steps(trace: Trace, layer: int, head: int, position: int) -> HeadSteps:
     )
 
 
-def all_heads_error(trace: Trace) -> float:
-    """max |softmax(QKᵀ·scale + mask)·V − model head outputs| over every layer, head and token."""
+def all_heads_check(trace: Trace) -> CheckResult:
+    """softmax(QKᵀ·scale + mask)·V against the model's head outputs, every layer, head and token: the
+    layer that comes closest to (or past) float32 rounding."""
+    return worst(_layer_head_checks(trace))
+
+
+def _layer_head_checks(trace: Trace) -> list[CheckResult]:
     group = trace.n_head // trace.n_kv_head
-    T = trace.n_tokens
+    T, dh = trace.n_tokens, trace.q.shape[-1]
     mask = np.triu(np.full((T, T), -np.inf), k=1)
-    error = 0.0
+    checks = []
     for layer in range(trace.n_layer):  # one layer at a time keeps memory at H·T² floats
         k = np.repeat(trace.k[layer], group, axis=0).astype(np.float64)
         v = np.repeat(trace.v[layer], group, axis=0).astype(np.float64)
-        scores = trace.q[layer].astype(np.float64) @ k.transpose(0, 2, 1) * trace.scaling + mask
+        scaled_scores = trace.q[layer].astype(np.float64) @ k.transpose(0, 2, 1) * trace.scaling  # [H, T, T]
+        scores = scaled_scores + mask
         scores -= scores.max(-1, keepdims=True)
         weights = np.exp(scores)
         weights /= weights.sum(-1, keepdims=True)
         model = trace.head_output_layers[layer].transpose(1, 0, 2)  # [H, T, dh]
-        error = max(error, float(np.abs(weights @ v - model).max()))
-    return error
+        # The scores came out of dh-term dot products; see HeadSteps.output_check.
+        weights_tolerance = softmax_tolerance(scaled_scores, reduction_length=dh)
+        tolerance = weights_tolerance * np.abs(v).max() + float32_tolerance(v, reduction_length=T)
+        checks.append(check_within(weights @ v, model, tolerance))
+    return checks
 
 
 @dataclass(frozen=True)
@@ -155,7 +174,7 @@ class FusedSplit:
     weight_shape: tuple[int, int]  # (d, 3d)
     part_shape: tuple[int, int]  # (d, d) for each of W_q, W_k, W_v
     head_slices: tuple[tuple[int, int], ...]  # [H] column range of each head inside W_q (and W_k, W_v)
-    max_error: float  # max |split(ln_1(x)·W + b) − the trace's Q, K, V| for the layer
+    check: CheckResult  # max |split(ln_1(x)·W + b) − the trace's Q, K, V| for the layer, vs rounding
 
 
 def gpt2_fused_split(loaded, trace: Trace, layer: int) -> FusedSplit:
@@ -175,7 +194,8 @@ def gpt2_fused_split(loaded, trace: Trace, layer: int) -> FusedSplit:
         weight_shape=tuple(block.attn.c_attn.weight.shape),
         part_shape=(d, d),
         head_slices=tuple((h * dh, (h + 1) * dh) for h in range(H)),
-        max_error=error,
+        # Every output is a d-term dot product of a row of ln_1(x) with a column of c_attn.
+        check=CheckResult(error=error, tolerance=float32_tolerance(fused, reduction_length=d)),
     )
 
 

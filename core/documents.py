@@ -2,18 +2,21 @@
 (rejecting what cannot be used, with the file named), then split by encoder tokens with overlap.
 
 Uploads are only read from memory; nothing here writes a file, so a hostile name cannot escape the
-data directory. Names with path separators are rejected rather than silently shortened."""
+data directory. Names with path separators are rejected rather than silently shortened. A .docx is a
+zip archive: its declared unpacked sizes are checked before anything is unpacked."""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import html
 import io
 import logging
 import re
 import unicodedata
+import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from core.errors import InputError, VectorLabError
@@ -22,18 +25,47 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".pdf", ".docx", ".html", ".htm")
 _TEXT_CONTROL_OK = {"\t", "\n", "\r", "\f", "\v"}
+# Byte-order marks and their codecs, longest first: UTF-32 LE's mark begins with UTF-16 LE's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32", "UTF-32"),
+    (codecs.BOM_UTF32_BE, "utf-32", "UTF-32"),
+    (codecs.BOM_UTF8, "utf-8-sig", "UTF-8"),
+    (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"),
+    (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"),
+)
+
+MAX_UPLOAD_MB = 10  # per file, in MiB; .streamlit/config.toml's server.maxUploadSize must say the same
+_MB = 1024 * 1024
+_RATIO_FLOOR_BYTES = 4 * _MB  # zip members smaller than this unpacked are never refused for their ratio
 
 
 @dataclass
 class ParseSettings:
     """Limits applied to every upload."""
 
-    max_bytes: int = 10 * 1024 * 1024  # 10 MB; larger uploads are rejected, never truncated
+    max_bytes: int = MAX_UPLOAD_MB * _MB  # larger uploads are rejected, never truncated
+    max_chars: int = MAX_UPLOAD_MB * _MB  # text one upload may yield: as much as the largest .txt
+    max_unpacked_bytes: int = 4 * MAX_UPLOAD_MB * _MB  # what a .docx (a zip) may unpack to, in all
+    max_compression_ratio: float = 100.0  # a zip member of 4 MB or more packed tighter than this is
+    # refused unread: Word's XML packs about 10:1, zip bombs about 1000:1
     max_control_ratio: float = 0.05  # a "text" file with more control characters than this is binary
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 1:
-            raise ValueError(f"max_bytes must be positive, got {self.max_bytes}; the default is 10 MB.")
+        defaults = {f.name: f.default for f in fields(self)}
+        for limit in ("max_bytes", "max_unpacked_bytes"):
+            if getattr(self, limit) < 1:
+                raise ValueError(
+                    f"{limit} must be positive, got {getattr(self, limit)}; "
+                    f"the default is {_mb(defaults[limit])}."
+                )
+        if self.max_chars < 1:
+            raise ValueError(
+                f"max_chars must be positive, got {self.max_chars}; the default is {defaults['max_chars']:,}."
+            )
+        if self.max_compression_ratio < 1:
+            raise ValueError(
+                f"max_compression_ratio must be at least 1, got {self.max_compression_ratio}; try 100."
+            )
         if not 0.0 <= self.max_control_ratio <= 1.0:
             raise ValueError(
                 f"max_control_ratio must be between 0 and 1, got {self.max_control_ratio}; try 0.05."
@@ -111,14 +143,19 @@ def parse_file(name: str, data: bytes, settings: ParseSettings | None = None) ->
     if suffix in (".txt", ".md", ".markdown"):
         text, kind = _decode_text(name, data, settings), ("md" if suffix != ".txt" else "txt")
     elif suffix == ".pdf":
-        text, kind = _pdf_text(name, data), "pdf"
+        text, kind = _pdf_text(name, data, settings), "pdf"
     elif suffix == ".docx":
-        text, kind = _docx_text(name, data), "docx"
+        text, kind = _docx_text(name, data, settings), "docx"
     else:
         text, kind = _html_text(name, data), "html"
     text = _normalize(text)
     if not text:
-        raise InputError(f"'{name}' contains no text to index (a scanned PDF holds only images).")
+        if kind == "pdf":
+            raise InputError(f"'{name}' contains no text to index (a scanned PDF holds only images).")
+        if kind in ("txt", "md"):
+            raise InputError(f"'{name}' holds only whitespace; there is nothing to index.")
+        raise InputError(f"'{name}' contains no text to index.")
+    _check_chars(name, len(text), settings)
     return Document(name=name, kind=kind, text=text, content_hash=content_hash(text))
 
 
@@ -156,7 +193,15 @@ def _suffix(name: str) -> str:
 
 
 def _mb(n_bytes: int) -> str:
-    return f"{n_bytes / (1024 * 1024):.1f} MB"
+    return f"{n_bytes / _MB:,.1f} MB" if n_bytes >= _MB else f"{n_bytes / 1024:,.0f} KB"
+
+
+def _check_chars(name: str, n_chars: int, settings: ParseSettings) -> None:
+    if n_chars > settings.max_chars:
+        raise InputError(
+            f"'{name}' holds more than {settings.max_chars:,} characters of text, the most one upload may "
+            "add; split it into smaller files."
+        )
 
 
 def _normalize(text: str) -> str:
@@ -164,15 +209,19 @@ def _normalize(text: str) -> str:
 
 
 def _decode_text(name: str, data: bytes, settings: ParseSettings) -> str:
-    if b"\x00" in data:
+    """UTF-8, or UTF-16/UTF-32 when the file starts with their byte-order mark."""
+    codec, label = _encoding(data)
+    if codec == "utf-8" and b"\x00" in data:
         raise InputError(f"'{name}' looks like a binary file (it contains NUL bytes), not text.")
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode(codec)
     except UnicodeDecodeError as e:
         raise InputError(
-            f"'{name}' is not valid UTF-8 (byte 0x{data[e.start]:02x} at position {e.start}); "
+            f"'{name}' is not valid {label} (byte 0x{data[e.start]:02x} at position {e.start}); "
             "save it as UTF-8 and upload it again."
         ) from e
+    if "\x00" in text:
+        raise InputError(f"'{name}' looks like a binary file (it contains NUL characters), not text.")
     control = sum(1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in _TEXT_CONTROL_OK)
     if text and control / len(text) > settings.max_control_ratio:
         raise InputError(
@@ -181,7 +230,7 @@ def _decode_text(name: str, data: bytes, settings: ParseSettings) -> str:
     return text
 
 
-def _pdf_text(name: str, data: bytes) -> str:
+def _pdf_text(name: str, data: bytes, settings: ParseSettings) -> str:
     from pypdf import PdfReader
 
     try:
@@ -195,7 +244,11 @@ def _pdf_text(name: str, data: bytes) -> str:
                 raise InputError(
                     f"'{name}' is encrypted (password-protected); save an unprotected copy and upload that."
                 )
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages, n_chars = [], 0
+        for page in reader.pages:  # stop as soon as the text is too long to be indexed anyway
+            pages.append(page.extract_text() or "")
+            n_chars += len(pages[-1])
+            _check_chars(name, n_chars, settings)
     except InputError:
         raise
     except Exception as e:  # pypdf raises many types for broken files; all mean "cannot read"
@@ -205,9 +258,10 @@ def _pdf_text(name: str, data: bytes) -> str:
     return "\n\n".join(page.strip() for page in pages if page.strip())
 
 
-def _docx_text(name: str, data: bytes) -> str:
+def _docx_text(name: str, data: bytes, settings: ParseSettings) -> str:
     import docx
 
+    _check_zip(name, data, settings)
     try:
         document = docx.Document(io.BytesIO(data))
     except Exception as e:  # not a zip, or a zip without word/document.xml
@@ -222,12 +276,51 @@ def _docx_text(name: str, data: bytes) -> str:
     return "\n".join(parts)
 
 
+def _check_zip(name: str, data: bytes, settings: ParseSettings) -> None:
+    """Refuse a zip that would unpack to too much, reading only its directory, never a member.
+
+    The declared sizes bound what `zipfile` will unpack: it stops at a member's declared size (and
+    fails its CRC check), so a member that lies about its size cannot unpack to more."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
+        return  # not a readable zip: python-docx says so in its own words
+    total = sum(m.file_size for m in members)
+    if total > settings.max_unpacked_bytes:
+        raise InputError(
+            f"'{name}' would unpack to {_mb(total)} (it is a zip archive of {_mb(len(data))}); "
+            f"the limit is {_mb(settings.max_unpacked_bytes)}. It was not unpacked."
+        )
+    for member in members:
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size >= _RATIO_FLOOR_BYTES and ratio > settings.max_compression_ratio:
+            raise InputError(
+                f"'{name}' holds {_printable(member.filename)!r}, packed {ratio:,.0f}:1 "
+                f"({_mb(member.compress_size)} unpacking to {_mb(member.file_size)}); more than "
+                f"{settings.max_compression_ratio:,.0f}:1 is refused as a likely zip bomb. "
+                "It was not unpacked."
+            )
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters written as escapes, safe to show."""
+    return "".join(
+        ch if unicodedata.category(ch) != "Cc" else ch.encode("unicode_escape").decode() for ch in text
+    )
+
+
+def _encoding(data: bytes) -> tuple[str, str]:
+    """(codec, name) from the byte-order mark; UTF-8 without one."""
+    return next(((codec, label) for bom, codec, label in _BOMS if data.startswith(bom)), ("utf-8", "UTF-8"))
+
+
 def _html_text(name: str, data: bytes) -> str:
     from bs4 import BeautifulSoup
 
-    if b"\x00" in data:
+    if _encoding(data)[0] == "utf-8" and b"\x00" in data:  # UTF-16/32 text is full of NUL bytes
         raise InputError(f"'{name}' looks like a binary file (it contains NUL bytes), not HTML.")
-    soup = BeautifulSoup(data, "html.parser")  # bytes in: bs4 detects the encoding itself
+    soup = BeautifulSoup(data, "html.parser")  # bytes in: bs4 detects the encoding itself (BOMs too)
     for tag in soup(["script", "style", "noscript", "template", "head"]):
         tag.decompose()
     lines = [line.strip() for line in soup.get_text(separator="\n").splitlines()]

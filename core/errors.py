@@ -17,3 +17,7 @@ class UnsupportedModelError(ModelLoadError):
 
 class InputError(VectorLabError):
     """Text, files or settings the user gave cannot be used as they are."""
+
+
+class DataDirError(VectorLabError):
+    """The data directory (`VECTORLAB_DATA_DIR`) cannot be created, is not a folder, or is read-only."""

@@ -21,7 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.errors import InputError, VectorLabError
 from core.finetune_arch import TRAIN_PARTS, apply_freezing, layer_groups, model_parts, parameter_by_name
-from core.finetune_checkpoints import CheckpointInfo, check_name, save_checkpoint
+from core.finetune_checkpoints import (
+    CheckpointInfo,
+    check_name,
+    checkpoints_dir,
+    is_checkpoint,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,16 @@ class TrainConfig:
     lr_schedule: str = "constant"  # after warm-up: "constant", "linear" or "cosine" decay
     dropout: bool = False  # keep the model's dropout on (off: smoother, exactly repeatable curves)
     track_grad_norms: bool = True  # per-layer gradient norms every step (a few % slower)
+    # Divergence: the run stops, unsaved, as soon as the mean training loss of the last
+    # diverge_window steps is more than diverge_nats above the starting loss: the model's mean loss
+    # before any update on diverge_window batches' worth of training sequences spread evenly over
+    # the text (like against like: a mean over as many sequences). A step's loss is measured before
+    # its update, so before every save the loss of the model being saved (on the last step's batch)
+    # joins the window as one more point. 3 nats = the real next tokens get e³ ≈ 20× less
+    # probability than at the start; single small batches of mixed text differ by 2-3 nats, their
+    # mean over 5 batches by far less, and a learning rate far too high climbs by tens or hundreds.
+    diverge_nats: float = 3.0  # how far above the starting loss counts as diverged (0 = never check)
+    diverge_window: int = 5  # steps averaged (fewer at the start) so one bad batch is not enough
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lr, int | float) and 0 < self.lr <= 1):
@@ -106,6 +122,22 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule={self.lr_schedule!r} is not one of {', '.join(map(repr, LR_SCHEDULES))}"
             )
+        if not (isinstance(self.diverge_nats, int | float) and 0 <= self.diverge_nats < math.inf):
+            raise ValueError(
+                f"diverge_nats={self.diverge_nats} must be a positive number of nats like 3.0, or 0 to "
+                "never stop a run for a rising loss"
+            )
+        _check_int(
+            "diverge_window",
+            self.diverge_window,
+            1,
+            1000,
+            "steps averaged before comparing with the starting loss",
+        )
+
+    def divergence_limit(self, start_loss: float) -> float:
+        """The mean loss above which a run that started at `start_loss` counts as diverged."""
+        return start_loss + self.diverge_nats if self.diverge_nats > 0 else math.inf
 
     def lr_at(self, step: int) -> float:
         """Learning rate used by optimizer step `step` (1-based): warm-up, then the schedule."""
@@ -221,6 +253,16 @@ class _Sequences(Dataset):
 
 
 @dataclass(frozen=True)
+class BaseModelInfo:
+    """Which model a run started from: shown beside the before/after views, kept in settings.json."""
+
+    name: str  # as the app shows it, e.g. "gpt2" or "SmolLM2-135M-Instruct (bundled)"
+    spec: str  # what `core.models.load_model` was given: "gpt2", "bundled-smollm2", a directory
+    source: str  # where its weights came from: a Hub id or a resolved directory
+    identity: str  # which files exactly (`core.models.ModelInfo.identity`); "" when not known
+
+
+@dataclass(frozen=True)
 class TrainStep:
     """What one optimizer step did; `on_step` receives one of these after every step."""
 
@@ -243,10 +285,13 @@ class TrainStep:
 
 @dataclass(frozen=True)
 class AdamState:
-    """AdamW's memory for one parameter (or one row of it) after the last step.
+    """AdamW's memory for one parameter (or one row of it) after its last step, and what that step did.
 
-    m̂ = m / (1 - β1ᵗ), v̂ = v / (1 - β2ᵗ); the last update subtracted `step_size` = lr·m̂/(√v̂+ε)
-    from the weights (after first shrinking them by lr·weight_decay when weight decay is on).
+    torch keeps m and v as running means that start at 0, so after t steps they are shrunk by
+    (1 − β1ᵗ) and (1 − β2ᵗ); the update uses them bias-corrected, m̂ = m / (1 − β1ᵗ) and
+    √v̂ = √(v / (1 − β2ᵗ)). `torch.optim.AdamW` (decoupled weight decay λ) then moved every weight by
+
+        Δw = −lr·m̂/(√v̂ + ε) − lr·λ·w      (w: the weight before the step)
     """
 
     name: str  # parameter name, e.g. "transformer.wte.weight"
@@ -256,10 +301,23 @@ class AdamState:
     beta1: float
     beta2: float
     eps: float
-    weight_decay: float
-    exp_avg: np.ndarray  # m: running mean of gradients, shape of the parameter (or row)
-    exp_avg_sq: np.ndarray  # v: running mean of squared gradients, same shape
-    step_size: np.ndarray  # lr·m̂/(√v̂+ε): what the last update moved each weight by (same shape)
+    weight_decay: float  # λ
+    exp_avg: np.ndarray  # m: torch's raw running mean of gradients (shape of the parameter or row)
+    exp_avg_sq: np.ndarray  # v: torch's raw running mean of squared gradients, same shape
+    m_hat: np.ndarray  # m̂ = m / (1 − β1ᵗ): the bias-corrected mean of the gradients
+    v_hat_sqrt: np.ndarray  # √v̂ = √(v / (1 − β2ᵗ)): the bias-corrected RMS of the gradients
+    step_size: np.ndarray  # lr·m̂/(√v̂+ε): what Adam's own term subtracted from each weight
+    update: np.ndarray  # Δw: the whole change of each weight in the last step, weight decay included
+
+    def display_rows(self) -> tuple[list[str], np.ndarray]:
+        """The rows the training page shows and their labels: m̂, √v̂ and Δw, [3, *shape]."""
+        decay = " − lr·λ·w" if self.weight_decay else ""
+        labels = [
+            "m̂ = m/(1−β₁ᵗ): bias-corrected mean of g",
+            "√v̂ = √(v/(1−β₂ᵗ)): bias-corrected RMS of g",
+            f"update Δw = −lr·m̂/(√v̂+ε){decay}",
+        ]
+        return labels, np.stack([self.m_hat, self.v_hat_sqrt, self.update])
 
 
 @dataclass(frozen=True)
@@ -276,12 +334,25 @@ class RunResult:
 
 
 class TrainingDivergedError(VectorLabError):
-    """The loss or the gradients stopped being finite numbers; the bad update was not applied."""
+    """The run went wrong and was stopped: the loss or the gradients stopped being finite numbers (the
+    bad update was not applied), or the loss climbed far above where it started (see
+    `TrainConfig.diverge_nats`; the updates were applied, and the model is not saved)."""
 
-    def __init__(self, message: str, step: int, checkpoint: CheckpointInfo | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        step: int,
+        checkpoint: CheckpointInfo | None,
+        mean_loss: float | None = None,
+        start_loss: float | None = None,
+        probe_loss: float | None = None,
+    ) -> None:
         super().__init__(message)
-        self.step = step  # the step that diverged (its update was skipped)
-        self.checkpoint = checkpoint  # the last good checkpoint on disk, if any
+        self.step = step  # the step that diverged
+        self.checkpoint = checkpoint  # the last good checkpoint this run wrote, if any
+        self.mean_loss = mean_loss  # the windowed mean loss that crossed the limit (loss rule only)
+        self.start_loss = start_loss  # the starting loss it was compared with (loss rule only)
+        self.probe_loss = probe_loss  # the loss of the model about to be saved (checked at a save)
 
 
 OnStep = Callable[[TrainStep], None]
@@ -310,6 +381,8 @@ class FineTuneRun:
         config: TrainConfig,
         *,
         base_model: str | None = None,
+        base_info: BaseModelInfo | None = None,
+        base: Any = None,
         checkpoint_name: str | None = None,
         checkpoint_root: Path | None = None,
         accelerator: Any = None,
@@ -329,7 +402,14 @@ class FineTuneRun:
         self.tokenizer = tokenizer
         self.data = data
         self.config = config
-        self.base_model = base_model or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.base_model = (
+            base_model
+            or (base_info.name if base_info else "")
+            or getattr(model.config, "_name_or_path", "")
+            or type(model).__name__
+        )
+        self.base_info = base_info or BaseModelInfo(self.base_model, spec="", source="", identity="")
+        self.base = base  # the untouched model training started from ("before"); None: not kept
         self.checkpoint_name = check_name(checkpoint_name) if checkpoint_name else None
         self.checkpoint_root = checkpoint_root
         self.accelerator = accelerator
@@ -369,17 +449,24 @@ class FineTuneRun:
 
         self.step = 0
         self.status = "ready"
+        self.diverged_at: int | None = None  # the step that diverged, once one has
         self.history: list[TrainStep] = []  # one per step; safe to read from another thread
         self.last_batch: torch.Tensor | None = None  # [batch, seq_len] token ids of the last step
         self.last_checkpoint: CheckpointInfo | None = None
         self.last_eval_loss: float | None = None
+        self.start_loss: float | None = None  # mean loss before any update (see TrainConfig.diverge_nats)
         self._wall_s = 0.0
+        self._setup_s = 0.0  # part of _wall_s spent before the first step (measuring start_loss)
         self._tokens_seen = 0
 
     @classmethod
     def from_loaded(cls, loaded: Any, data: TrainData, config: TrainConfig, **kwargs: Any) -> FineTuneRun:
-        """Train a deep copy of `loaded.model` (a `core.models.LoadedModel`); the original is untouched."""
-        kwargs.setdefault("base_model", loaded.info.name)
+        """Train a deep copy of `loaded.model` (a `core.models.LoadedModel`); the original is untouched
+        and kept as the run's `base`, so "before" stays this model whatever is loaded later."""
+        info = loaded.info
+        kwargs.setdefault("base_model", info.name)
+        kwargs.setdefault("base_info", BaseModelInfo(info.name, info.spec, info.source, info.identity))
+        kwargs.setdefault("base", loaded.model)
         return cls(copy.deepcopy(loaded.model), loaded.tokenizer, data, config, **kwargs)
 
     # ----------------------------------------------------------------- running
@@ -388,8 +475,9 @@ class FineTuneRun:
         """Take steps until `config.steps` or until `should_stop()` is true (checked before each step).
 
         Calls `on_step(TrainStep)` after every step. Returns a RunResult; raises
-        TrainingDivergedError (the bad update skipped, the model left as it was) on a non-finite
-        loss or gradient.
+        TrainingDivergedError on a non-finite loss or gradient (the bad update skipped, the model
+        left as it was) or on a loss far above where it started (`TrainConfig.diverge_nats`: the run
+        stops and its model is not saved).
         """
         if self.status == "diverged":
             raise InputError("This run diverged and cannot continue: start a new one with a lower lr.")
@@ -399,12 +487,22 @@ class FineTuneRun:
         cfg = self.config
         was_training = self.model.training
         try:
+            if self.start_loss is None and cfg.diverge_nats > 0:
+                measuring = time.perf_counter()
+                self.start_loss = self._measure_start_loss()
+                self._setup_s = time.perf_counter() - measuring
+                self._wall_s += self._setup_s
             with self._own_rng():
                 while self.step < cfg.steps:
                     if should_stop is not None and should_stop():
                         break
                     record = self._one_step()
                     self.history.append(record)
+                    diverged = self._divergence()
+                    if on_step is not None:
+                        on_step(record)
+                    if diverged is not None:
+                        raise diverged
                     if (
                         self.checkpoint_name
                         and cfg.checkpoint_every
@@ -413,24 +511,21 @@ class FineTuneRun:
                         saving = time.perf_counter()
                         self.save_checkpoint()  # after the append: the save records this step too
                         self._wall_s += time.perf_counter() - saving
-                    if on_step is not None:
-                        on_step(record)
-        except TrainingDivergedError:
-            self.status = "diverged"
+            if (
+                self.step >= cfg.steps
+                and self.checkpoint_name
+                and (self.last_checkpoint is None or self.last_checkpoint.steps != self.step)
+            ):
+                self.save_checkpoint()
+        except TrainingDivergedError as e:
+            self.status, self.diverged_at = "diverged", e.step
             raise
         except BaseException:
             self.status = "stopped"
             raise
         finally:
             self.model.train(was_training)  # hand the model back in the mode it came in
-        if self.step >= self.config.steps:
-            self.status = "finished"
-            if self.checkpoint_name and (
-                self.last_checkpoint is None or self.last_checkpoint.steps != self.step
-            ):
-                self.save_checkpoint()
-        else:
-            self.status = "stopped"
+        self.status = "finished" if self.step >= cfg.steps else "stopped"
         last = self.history[-1] if self.history else None
         return RunResult(
             status=self.status,
@@ -520,15 +615,72 @@ class FineTuneRun:
             return next(self._batches)
 
     def _diverged(self, step: int, what: str, lr: float) -> None:
-        kept = self.last_checkpoint
-        where = f" The last good checkpoint (step {kept.steps}) is kept at {kept.path}." if kept else ""
         raise TrainingDivergedError(
             f"Training diverged at step {step}: {what}. That update was not applied, so the model is "
-            f"as it was after step {step - 1}.{where} Lower the learning rate (this step used "
+            f"as it was after step {step - 1}.{self._kept()} Lower the learning rate (this step used "
             f"{lr:g}) and start a new run.",
             step=step,
-            checkpoint=kept,
+            checkpoint=self.last_checkpoint,
         )
+
+    def _kept(self) -> str:
+        """What a divergence message says about the checkpoints on disk."""
+        kept = self.last_checkpoint
+        if kept is not None:
+            return f" The last good checkpoint (step {kept.steps}) is kept at {kept.path}."
+        if self.checkpoint_name:
+            try:
+                on_disk = is_checkpoint(checkpoints_dir(self.checkpoint_root) / self.checkpoint_name)
+            except (OSError, VectorLabError):
+                on_disk = False
+            if on_disk:
+                return f" The checkpoint '{self.checkpoint_name}' already on disk was left as it was."
+        return ""
+
+    def _divergence(self, probe_loss: float | None = None) -> TrainingDivergedError | None:
+        """The loss rule of `TrainConfig.diverge_nats`: an error to raise, or None while the run is fine.
+
+        `probe_loss` (at a save) is the loss of the model about to be saved, counted as one more point.
+        """
+        cfg = self.config
+        if not self.history or cfg.diverge_nats <= 0:
+            return None
+        recent = [h.loss for h in self.history[-cfg.diverge_window :]]  # O(window) a step, not O(step)
+        window = (recent + ([] if probe_loss is None else [probe_loss]))[-cfg.diverge_window :]
+        mean, start = sum(window) / len(window), self.start_loss
+        if start is None or mean <= cfg.divergence_limit(start):  # a NaN mean fails this test too
+            return None
+        if probe_loss is None:
+            what = f"the mean training loss of the last {len(window)} steps is {mean:.2f} nats"
+        else:
+            what = (
+                f"after its update the model's loss on that step's batch is {probe_loss:.2f} nats, "
+                f"which brings the mean of the last {len(window)} losses to {mean:.2f} nats"
+            )
+        return TrainingDivergedError(
+            f"Training diverged at step {self.step}: {what}, more than {cfg.diverge_nats:g} nats above "
+            f"the starting loss {start:.2f}. The run was stopped and this model was not saved."
+            f"{self._kept()} Lower the learning rate (this step used {self.history[-1].lr:g}) and "
+            "start a new run.",
+            step=self.step,
+            checkpoint=self.last_checkpoint,
+            mean_loss=mean,
+            start_loss=start,
+            probe_loss=probe_loss,
+        )
+
+    @torch.no_grad()
+    def _loss_now(self) -> float:
+        """The model's loss, as it is now, on the last step's batch (eval mode: no dropout, no RNG)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            batch = self.last_batch.to(self.device)  # [B, T]
+            with self._autocast():
+                loss = self.model(input_ids=batch, labels=batch, use_cache=False).loss
+            return float(loss.float())
+        finally:
+            self.model.train(was_training)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -536,13 +688,30 @@ class FineTuneRun:
         rows = self.data.eval  # [N_eval, T]
         if rows.shape[0] == 0:
             return None
+        chunks = rows.split(self.config.batch_size)
+        if self.config.eval_batches:
+            chunks = chunks[: self.config.eval_batches]
+        self.last_eval_loss = self._mean_loss(chunks)
+        return self.last_eval_loss
+
+    @property
+    def start_rows(self) -> torch.Tensor:
+        """[n, seq_len] the training sequences the starting loss is measured on: diverge_window
+        batches' worth (or all of them, if fewer), spread evenly from the first to the last."""
+        rows = self.data.train  # [N, T]
+        n = min(rows.shape[0], self.config.diverge_window * self.config.batch_size)
+        return rows[torch.linspace(0, rows.shape[0] - 1, n).round().long()]
+
+    def _measure_start_loss(self) -> float:
+        return self._mean_loss(self.start_rows.split(self.config.batch_size))
+
+    @torch.no_grad()
+    def _mean_loss(self, chunks: Sequence[torch.Tensor]) -> float:
+        """Mean next-token loss over the token rows of `chunks` ([b, T] each), in eval mode."""
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
         try:
-            chunks = rows.split(self.config.batch_size)
-            if self.config.eval_batches:
-                chunks = chunks[: self.config.eval_batches]
             for chunk in chunks:
                 with self._autocast():
                     chunk = chunk.to(self.device)
@@ -552,14 +721,13 @@ class FineTuneRun:
                 count += n
         finally:
             self.model.train(was_training)
-        self.last_eval_loss = total / count
-        return self.last_eval_loss
+        return total / count
 
     def eta_s(self) -> float:
         """Seconds still needed for the remaining steps, from the mean wall time per step so far."""
         if self.step == 0:
             return math.nan
-        return self._wall_s / self.step * (self.config.steps - self.step)
+        return (self._wall_s - self._setup_s) / self.step * (self.config.steps - self.step)
 
     @contextmanager
     def _autocast(self):
@@ -609,7 +777,7 @@ class FineTuneRun:
         return table.grad[int(token_id)].detach().float().cpu().numpy().copy()  # not a view of .grad
 
     def adam_state(self, name: str, row: int | None = None) -> AdamState | None:
-        """AdamW's m, v and last step size for parameter `name` (one `row` of it, if given).
+        """AdamW's m, v (raw and bias-corrected) and last update for parameter `name` (one `row` of it).
 
         Read straight from `torch.optim.AdamW`'s state; None while the parameter is frozen or has
         not been stepped yet. Tied aliases such as "lm_head.weight" resolve to the shared matrix.
@@ -629,22 +797,32 @@ class FineTuneRun:
             if param.dim() < 2 or not 0 <= row < param.shape[0]:
                 raise InputError(f"{name} has no row {row}.")
             m, v = m[row], v[row]
+        weights = param.detach()
+        if row is not None:
+            weights = weights[row]
+        lr, eps, decay = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
         m_hat = m.double() / (1 - beta1**t)
-        v_hat = v.double() / (1 - beta2**t)
-        step_size = group["lr"] * m_hat / (v_hat.sqrt() + group["eps"])
+        v_hat_sqrt = (v.double() / (1 - beta2**t)).sqrt()
+        step_size = lr * m_hat / (v_hat_sqrt + eps)
+        # AdamW shrank the old weights w before subtracting step_size: w_now = w·(1 − lr·λ) − step_size.
+        w_before = (weights.double() + step_size) / (1 - lr * decay)
+        update = -step_size - lr * decay * w_before
         return AdamState(
             name=name,
             row=row,
             step=t,
-            lr=float(group["lr"]),
+            lr=lr,
             beta1=float(beta1),
             beta2=float(beta2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
+            eps=eps,
+            weight_decay=decay,
             # Copies: AdamW updates its state in place, and a caller keeps these across steps.
             exp_avg=m.float().cpu().numpy().copy(),
             exp_avg_sq=v.float().cpu().numpy().copy(),
+            m_hat=m_hat.float().cpu().numpy(),
+            v_hat_sqrt=v_hat_sqrt.float().cpu().numpy(),
             step_size=step_size.float().cpu().numpy(),
+            update=update.float().cpu().numpy(),
         )
 
     # ----------------------------------------------------------------- saving
@@ -654,6 +832,9 @@ class FineTuneRun:
         last = self.history[-1] if self.history else None
         return {
             "base_model": self.base_model,
+            "base": asdict(self.base_info),
+            "diverged": self.status == "diverged",
+            "start_loss": self.start_loss,
             "steps": self.step,
             "final_loss": last.loss if last else None,
             "final_eval_loss": self.last_eval_loss,
@@ -664,11 +845,29 @@ class FineTuneRun:
             "data": asdict(self.data.summary),
         }
 
-    def save_checkpoint(self, name: str | None = None) -> CheckpointInfo | None:
-        """Save the model as it is now to checkpoints/<name>/ (atomically); None on non-main processes."""
+    def save_checkpoint(
+        self, name: str | None = None, *, allow_diverged: bool = False
+    ) -> CheckpointInfo | None:
+        """Save the model as it is now to checkpoints/<name>/ (atomically); None on non-main processes.
+
+        A model that diverged is saved only with `allow_diverged` (the page's "save anyway", the
+        command line's --save-diverged). Otherwise the last update is checked first (see
+        `TrainConfig.diverge_nats`), and TrainingDivergedError stops a ruined model from being saved.
+        """
         name = name or self.checkpoint_name
         if not name:
             raise InputError("Give the checkpoint a name to save it.")
+        if not allow_diverged:
+            if self.status == "diverged":
+                raise InputError(
+                    f"This run diverged at step {self.diverged_at}: its model is not saved unless you "
+                    "ask for it (save anyway)."
+                )
+            if self.history and self.last_batch is not None:
+                diverged = self._divergence(probe_loss=self._loss_now())
+                if diverged is not None:
+                    self.status, self.diverged_at = "diverged", diverged.step
+                    raise diverged
         model = self.model
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
@@ -721,6 +920,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", action="store_true", help="keep the model's dropout on")
     p.add_argument("--no-grad-norms", action="store_true", help="skip per-layer gradient norms")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("--diverge-nats", type=float, default=d.diverge_nats)
+    p.add_argument("--diverge-window", type=int, default=d.diverge_window)
+    p.add_argument(
+        "--save-diverged",
+        action="store_true",
+        help="save the model even when training diverged (it replaces a checkpoint of the same name)",
+    )
     return p
 
 
@@ -770,12 +976,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             s.n_eval_sequences,
             s.seq_len,
         )
+        info = loaded.info
         run = FineTuneRun(
             loaded.model,
             loaded.tokenizer,
             data,
             config,
-            base_model=loaded.info.name,
+            base_model=info.name,
+            base_info=BaseModelInfo(info.name, info.spec, info.source, info.identity),
             checkpoint_name=args.out,
             accelerator=accelerator,
         )
@@ -802,6 +1010,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
         result = run.run(on_step=report)
+    except TrainingDivergedError as e:
+        log.error("error: %s", e)
+        if not args.save_diverged:
+            log.error("Pass --save-diverged to save it anyway.")
+            return 1
+        try:
+            saved = run.save_checkpoint(allow_diverged=True)
+        except VectorLabError as save_error:
+            log.error("error: %s", save_error)
+            return 1
+        if saved is not None:
+            say("saved the diverged model anyway: %s (step %d)", saved.path, saved.steps)
+        return 1
     except VectorLabError as e:
         log.error("error: %s", e)
         return 1

@@ -1,8 +1,10 @@
 """Fine-tuned checkpoints on disk: atomic saves of a loadable HF model directory plus its settings and
-loss history under `data_dir()/checkpoints/<name>/`, and the listing the model picker shows."""
+loss history under `data_dir()/checkpoints/<name>/`, the listing the model picker shows, and the
+clean-up of what interrupted saves leave behind."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -10,7 +12,8 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +28,13 @@ SETTINGS_FILE = "settings.json"
 HISTORY_FILE = "history.json"
 # A directory counts as a checkpoint only when all of these are present.
 REQUIRED_FILES = ("config.json", "model.safetensors", SETTINGS_FILE, HISTORY_FILE)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used with fullmatch: "$" would accept "\n"
 _SCRATCH_PREFIX = "."  # temp and retired directories start with a dot and are never listed
+# Scratch folders beside the checkpoints, ".<name>.<kind>-<random>":
+#   tmp  a save being written (complete or not); never promoted, since the save did not finish
+#   old  a previous checkpoint stepped aside for a new one; always complete (renamed, never edited)
+#   del  a folder being deleted (a retired "old" one, or a deleted checkpoint); never restored
+_SCRATCH = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|del)-[^.]+$")
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ def checkpoints_dir(root: Path | None = None) -> Path:
 
 def check_name(name: str) -> str:
     """Return `name` if it is a safe directory name; InputError with the rule otherwise."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InputError(
             f"Checkpoint name {name!r} cannot be used: use 1-100 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (for example 'gpt2-poems')."
@@ -89,36 +97,41 @@ def save_checkpoint(
     """
     parent = checkpoints_dir(root)
     target = parent / check_name(name)
-    _recover(parent)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     settings = {**settings, "created": created}
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{name}.tmp-", dir=parent))
-    try:
-        # transformers 5 always writes safetensors (its `safe_serialization=` flag is gone).
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        _write_json(tmp / HISTORY_FILE, list(history))
-        _write_json(tmp / SETTINGS_FILE, settings)  # written last: its presence marks a whole save
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _remove_scratch(parent, name)
+    with _exclusive(parent):
+        clean_up(parent, _locked=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{name}.tmp-", dir=parent))
+        try:
+            # transformers 5 always writes safetensors (its `safe_serialization=` flag is gone).
+            model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            _write_json(tmp / HISTORY_FILE, list(history))
+            _write_json(tmp / SETTINGS_FILE, settings)  # written last: its presence marks a whole save
+            _swap_into_place(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     log.info("saved checkpoint %s (step %s)", target, settings.get("steps"))
     return _info(target, settings)
+
+
+def _scratch_name(target: Path, kind: str) -> Path:
+    return target.with_name(f"{_SCRATCH_PREFIX}{target.name}.{kind}-{uuid.uuid4().hex[:8]}")
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:
     """Rename the finished `tmp` to `target`, retiring an older `target` first.
 
-    A directory cannot be renamed over a non-empty one, so the old one steps aside to a dot-name,
-    the new one takes its place, and only then is the old one deleted. A crash between the two
-    renames leaves no `target` at all (the retired copy is still on disk), never a wrong one.
+    A directory cannot be renamed over a non-empty one, so the old one steps aside to ".old-", the
+    new one takes its place, and only then is the old one renamed to ".del-" and deleted. Every step
+    is one rename, so a kill at any point leaves either `target` whole (new or old) or no `target`
+    and a whole ".old-" copy that `clean_up` puts back; a half-deleted folder is always a ".del-".
     """
     retired = None
     if target.exists():
-        retired = target.with_name(f"{_SCRATCH_PREFIX}{target.name}.old-{uuid.uuid4().hex[:8]}")
+        retired = _scratch_name(target, "old")
         os.replace(target, retired)
     try:
         os.replace(tmp, target)
@@ -127,25 +140,81 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
             os.replace(retired, target)  # put the previous checkpoint back
         raise
     if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
+        _delete(retired, target.name)
 
 
-def _recover(parent: Path) -> None:
-    """Bring back a checkpoint whose replacement crashed between the two renames of a save."""
-    for retired in parent.glob(f"{_SCRATCH_PREFIX}*.old-*"):
-        name = retired.name[len(_SCRATCH_PREFIX) :].rsplit(".old-", 1)[0]
-        target = parent / name
-        if not target.exists() and is_checkpoint(retired):
-            log.warning("restoring checkpoint %s after an interrupted save", name)
-            os.replace(retired, target)
+def _delete(path: Path, name: str) -> None:
+    """Remove checkpoint `name`'s folder `path` (the checkpoint or a retired copy of it), renamed to
+    ".del-" first so a kill mid-way never leaves a half-deleted folder under a name that is restored."""
+    doomed = _scratch_name(path.with_name(name), "del")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _remove_scratch(parent: Path, name: str) -> None:
-    """Delete temp/retired directories left by earlier crashed saves of `name`."""
-    for kind in ("tmp", "old", "del"):
-        for leftover in parent.glob(f"{_SCRATCH_PREFIX}{name}.{kind}-*"):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
+@contextmanager
+def _exclusive(parent: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the checkpoints folder's lock (an flock on the folder itself) for a save, a delete or a
+    clean-up; yields False at once, without the lock, when `wait` is off and someone else holds it.
+
+    Saves in other threads and other processes (the command line) take it too, so a clean-up never
+    mistakes a save in progress for leftovers. The kernel drops the lock of a killed process.
+    """
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def clean_up(root: Path | None = None, *, _locked: bool = False) -> list[str]:
+    """Tidy what killed saves and deletes left in the checkpoints folder; returns what it did.
+
+    A ".old-" copy whose checkpoint is missing (a kill between the two renames of a save) is renamed
+    back into place; every other scratch folder (".tmp-", ".del-", an ".old-" whose checkpoint is
+    there) is deleted. Each is logged. Skipped, and retried at the next listing, while another
+    thread or process is saving or deleting.
+    """
+    parent = checkpoints_dir(root)
+    leftovers = sorted(p for p in parent.iterdir() if _SCRATCH.match(p.name) and p.is_dir())
+    if not leftovers:
+        return []
+    if not _locked:
+        with _exclusive(parent, wait=False) as got:
+            if not got:
+                log.debug("checkpoints are being saved: clean-up of %s postponed", parent)
+                return []
+            return clean_up(parent, _locked=True)
+    done = []
+    # Newest first: if several copies of one checkpoint were retired, the latest one comes back.
+    retired = sorted(
+        (p for p in leftovers if _SCRATCH.match(p.name)["kind"] == "old"),
+        key=lambda p: p.stat().st_mtime_ns,
+        reverse=True,
+    )
+    for path in retired:
+        target = parent / _SCRATCH.match(path.name)["name"]
+        if not target.exists() and is_checkpoint(path):
+            try:
+                os.replace(path, target)
+            except OSError as e:
+                log.error("could not restore checkpoint %s from %s: %s", target.name, path.name, e)
+                continue
+            log.warning("restored checkpoint %s from %s, left by an interrupted save", target.name, path.name)
+            done.append(f"restored {target.name} from {path.name}")
+    for path in leftovers:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning("removed %s, left by an interrupted save or delete", path.name)
+            done.append(f"removed {path.name}")
+    return done
 
 
 def _info(path: Path, settings: dict) -> CheckpointInfo:
@@ -166,9 +235,10 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def list_checkpoints(root: Path | None = None) -> list[CheckpointInfo]:
-    """Every complete checkpoint, newest first; half-written and scratch directories are skipped."""
+    """Every complete checkpoint, newest first, after tidying leftovers of interrupted saves
+    (`clean_up`); half-written and scratch directories are never listed."""
     parent = checkpoints_dir(root)
-    _recover(parent)
+    clean_up(parent)
     found = []
     for path in parent.iterdir():
         if path.name.startswith(_SCRATCH_PREFIX) or not is_checkpoint(path):
@@ -186,7 +256,7 @@ def resolve_checkpoint(name_or_path: str | Path, root: Path | None = None) -> Pa
     candidate = Path(name_or_path)
     if not candidate.is_dir():
         parent = checkpoints_dir(root)
-        _recover(parent)
+        clean_up(parent)
         candidate = parent / str(name_or_path)
     if not is_checkpoint(candidate):
         raise ModelLoadError(
@@ -216,10 +286,10 @@ def load_checkpoint(name_or_path: str | Path, root: Path | None = None) -> Loade
 
 def delete_checkpoint(name: str, root: Path | None = None) -> None:
     """Remove checkpoints/<name>/ (retired first, so a crash never leaves a partial directory)."""
-    target = checkpoints_dir(root) / check_name(name)
-    if not target.exists():
-        raise InputError(f"There is no checkpoint called {name!r}.")
-    # ".del-", not ".old-": a crash mid-delete must not be "recovered" into a half-deleted checkpoint.
-    retired = target.with_name(f"{_SCRATCH_PREFIX}{name}.del-{uuid.uuid4().hex[:8]}")
-    os.replace(target, retired)
-    shutil.rmtree(retired, ignore_errors=True)
+    parent = checkpoints_dir(root)
+    target = parent / check_name(name)
+    with _exclusive(parent):
+        if not target.exists():
+            raise InputError(f"There is no checkpoint called {name!r}.")
+        # ".del-", not ".old-": a crash mid-delete must not be restored as a half-deleted checkpoint.
+        _delete(target, name)

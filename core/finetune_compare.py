@@ -255,3 +255,29 @@ def weight_drift(before: Any, after: Any) -> WeightDrift:
         delta_norm=delta,
         base_norm=norm,
     )
+
+
+@dataclass(frozen=True)
+class BeforeAfter:
+    """Every before/after view of one prompt, for one base model and one fine-tuned model."""
+
+    prompt: str
+    next_token: NextTokenComparison
+    attention: AttentionChange
+    lens: LogitLensComparison
+    drift: WeightDrift
+
+
+def compare_models(
+    base: Any, tuned: Any, tokenizer: Any, prompt: str, target: str | int | None = None
+) -> BeforeAfter:
+    """All the before/after views of `base` (the model a run started from) and `tuned` (the model it
+    produced) on `prompt`. Both are given explicitly: whatever model the app has loaded meanwhile
+    (the new checkpoint, say) plays no part. They must share an architecture and `tokenizer`."""
+    return BeforeAfter(
+        prompt=prompt,
+        next_token=compare_next_token(base, tuned, tokenizer, prompt),
+        attention=attention_change(base, tuned, tokenizer, prompt),
+        lens=compare_logit_lens(base, tuned, tokenizer, prompt, target),
+        drift=weight_drift(base, tuned),
+    )

@@ -10,6 +10,7 @@ import numpy as np
 
 from core.errors import InputError
 from core.models import GPT2_FAMILY, LoadedModel
+from core.tolerance import CheckResult, check_close, check_within, log_softmax_tolerance
 from core.trace import Trace
 
 
@@ -21,7 +22,7 @@ class ResidualStats:
     cos_prev: np.ndarray  # [L, T] cosine(residual after block ℓ, residual before it)
     attn_norms: np.ndarray  # [L, T] ‖attention contribution‖
     mlp_norms: np.ndarray  # [L, T] ‖MLP contribution‖
-    sum_error: float  # max |previous + attention + MLP − next| / max |residual|
+    sum_check: CheckResult  # previous + attention + MLP against next, every layer and token
 
 
 def residual_stats(trace: Trace) -> ResidualStats:
@@ -29,13 +30,20 @@ def residual_stats(trace: Trace) -> ResidualStats:
     norms = np.linalg.norm(r, axis=-1)
     dots = (r[1:] * r[:-1]).sum(-1)
     cos_prev = dots / np.maximum(norms[1:] * norms[:-1], 1e-12)
-    step = r[:-1] + trace.attn_out + trace.mlp_out - r[1:]
+    after_attention = r[:-1] + trace.attn_out  # [L, T, d] the block's first float32 addition
+    # The block rounds twice (x + attention, then + MLP); each rounding is relative to its result.
+    sum_check = check_close(
+        after_attention + trace.mlp_out,
+        r[1:],
+        reduction_length=2,
+        reference=np.maximum(np.abs(after_attention), np.abs(r[1:])),
+    )
     return ResidualStats(
         norms=norms,
         cos_prev=cos_prev,
         attn_norms=np.linalg.norm(trace.attn_out, axis=-1),
         mlp_norms=np.linalg.norm(trace.mlp_out, axis=-1),
-        sum_error=float(np.abs(step).max() / max(np.abs(r).max(), 1e-12)),
+        sum_check=sum_check,
     )
 
 
@@ -48,11 +56,25 @@ class LogitLens:
     top_probs: np.ndarray  # [L+1, P, k]
     target_ids: np.ndarray  # [P] the actual next token (-1 after the last token)
     target_rank: np.ndarray  # [L+1, P] rank of the actual next token (0 = top; -1 where none)
-    target_prob: np.ndarray  # [L+1, P] its probability
-    final_error: float  # max |last layer's lens probabilities − the model's own| over the window
+    target_prob: np.ndarray  # [L+1, P] its probability (may underflow to 0; the rank never does)
+    target_logprob: np.ndarray  # [L+1, P] its log-probability, natural log (-inf where none)
+    final_check: CheckResult  # last layer's log-probabilities vs the model's own, over the window
 
 
 MAX_LENS_POSITIONS = 64  # (L+1)·P·V logits are computed; more would take seconds on a CPU
+
+
+def rank_of_targets(logits, targets) -> np.ndarray:
+    """Rank of each row's target among its logits: the number of tokens with a strictly larger logit.
+
+    logits: [P, V]; targets: [P] token ids. Ranking by logits is exact, where ranking by float32
+    probabilities is not: far down the list the probabilities underflow to 0 and all tie. A token tied
+    with the target's logit does not count against it, so tied tokens share the best rank (0 = top).
+    """
+    logits = np.asarray(logits)
+    targets = np.asarray(targets, dtype=np.int64)
+    target_logits = np.take_along_axis(logits, targets[:, None], axis=1)  # [P, 1]
+    return (logits > target_logits).sum(axis=-1).astype(np.int64)
 
 
 def logit_lens(loaded: LoadedModel, trace: Trace, positions, k: int = 3) -> LogitLens:
@@ -77,21 +99,42 @@ def logit_lens(loaded: LoadedModel, trace: Trace, positions, k: int = 3) -> Logi
     top_ids = np.zeros((n_layers, len(positions), k), dtype=np.int64)
     top_probs = np.zeros((n_layers, len(positions), k), dtype=np.float32)
     rank = np.full((n_layers, len(positions)), -1, dtype=np.int64)
-    prob = np.zeros((n_layers, len(positions)), dtype=np.float32)
+    logprob = np.full((n_layers, len(positions)), -np.inf, dtype=np.float32)
     has_target = targets >= 0
-    target_index = torch.as_tensor(np.where(has_target, targets, 0))
+    safe_targets = np.where(has_target, targets, 0)
     with torch.inference_mode():
         for layer in range(n_layers):
             x = torch.as_tensor(trace.residual[layer, positions])
-            probs = torch.softmax(head(norm(x)).float(), dim=-1)  # [P, V]
-            p_top, i_top = probs.topk(k, dim=-1)
-            top_ids[layer], top_probs[layer] = i_top.numpy(), p_top.numpy()
-            p_target = probs.gather(1, target_index[:, None])[:, 0]
-            prob[layer] = np.where(has_target, p_target.numpy(), 0.0)
-            ranks = (probs > p_target[:, None]).sum(-1).numpy()
-            rank[layer] = np.where(has_target, ranks, -1)
-    final_error = float(np.abs(top_probs[-1] - trace.top_probs[positions, :k]).max())
-    return LogitLens(positions, top_ids, top_probs, targets, rank, prob, final_error)
+            logits = head(norm(x)).float()  # [P, V]
+            log_p = torch.log_softmax(logits, dim=-1)
+            lp_top, i_top = log_p.topk(k, dim=-1)
+            top_ids[layer], top_probs[layer] = i_top.numpy(), lp_top.exp().numpy()
+            lp_target = log_p.gather(1, torch.as_tensor(safe_targets)[:, None])[:, 0].numpy()
+            logprob[layer] = np.where(has_target, lp_target, -np.inf)
+            rank[layer] = np.where(has_target, rank_of_targets(logits.numpy(), safe_targets), -1)
+    final_check = _lens_final_check(trace, positions, logits.numpy(), log_p.numpy(), k)
+    prob = np.exp(logprob)  # 0 where there is no next token
+    return LogitLens(positions, top_ids, top_probs, targets, rank, prob, logprob, final_check)
+
+
+def _lens_final_check(trace: Trace, positions, logits, log_p, k: int) -> CheckResult:
+    """The last layer's readings against the model's own output: its top-k and the actual next tokens.
+
+    Both sides apply the same final norm and unembedding to the same last residual, with different
+    matrix shapes (so different BLAS paths): the logits come out of reductions over d.
+    """
+    k = min(k, trace.top_ids.shape[1])
+    ids = trace.top_ids[positions, :k]  # [P, k]
+    # The trace keeps top-k probabilities (compared as such: they may underflow to 0, and |Δp| ≤
+    # p·|Δ log p| stays within the same tolerance) and the next tokens' log-probabilities.
+    ours = [np.exp(np.take_along_axis(log_p.astype(np.float64), ids, axis=1)).ravel()]
+    theirs = [trace.top_probs[positions, :k].ravel()]
+    rows = np.flatnonzero(positions < trace.n_tokens - 1)  # rows whose next token the trace scored
+    scored = positions[rows]
+    ours.append(log_p[rows, trace.token_ids[scored + 1]])
+    theirs.append(trace.target_logprobs[scored])
+    tolerance = log_softmax_tolerance(logits, reduction_length=trace.residual.shape[-1])
+    return check_within(np.concatenate(ours), np.concatenate(theirs), tolerance)
 
 
 @dataclass(frozen=True)
@@ -110,7 +153,7 @@ class NormEffect:
     mean_after: float
     var_after: float
     rms_after: float
-    formula_error: float  # max |our formula − the module's output|
+    formula_check: CheckResult  # our float64 formula against the module's float32 output
 
 
 def norm_effect(loaded: LoadedModel, trace: Trace, layer: int, position: int) -> NormEffect:
@@ -131,13 +174,15 @@ def norm_effect(loaded: LoadedModel, trace: Trace, layer: int, position: int) ->
     bias = None
     if gpt2:
         eps = module.eps
-        normalised = (x - x.mean()) / np.sqrt(x.var() + eps)
+        spread = np.sqrt(x.var() + eps)  # σ
+        normalised = (x - x.mean()) / spread
         bias = module.bias.detach().numpy().astype(np.float64)
         ours = normalised * gain + bias
         kind = "LayerNorm"
     else:
         eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
-        normalised = x / np.sqrt((x**2).mean() + eps)
+        spread = np.sqrt((x**2).mean() + eps)  # RMS
+        normalised = x / spread
         ours = normalised * gain
         kind = "RMSNorm"
 
@@ -157,5 +202,13 @@ def norm_effect(loaded: LoadedModel, trace: Trace, layer: int, position: int) ->
         mean_after=float(after.mean()),
         var_after=float(after.var()),
         rms_after=rms(after),
-        formula_error=float(np.abs(ours - after).max()),
+        # The module reduces over d (mean, variance) and rounds x, x/σ and γ·x/σ: x's own rounding,
+        # seen through /σ and ×γ, sets the size of every error.
+        formula_check=check_close(
+            ours,
+            after,
+            reduction_length=len(x),
+            reference=np.abs(gain).max() * np.abs(x).max() / spread
+            + (np.abs(bias).max() if bias is not None else 0.0),
+        ),
     )

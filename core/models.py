@@ -1,7 +1,9 @@
 """Load a causal LM by spec ("auto", a Hub id, a local directory or the bundled SmolLM2) for tracing.
 
 Every model comes back in eval mode with eager attention (so attention maps are real), from
-safetensors only and without remote code, wrapped with a `ModelInfo` that says what it is and why.
+safetensors only and without remote code, wrapped with a `ModelInfo` that says what it is and why,
+and which exact files it came from (`identity`). `ModelStore` keeps loaded models for reuse and
+reloads one whose files changed on disk.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
+import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +67,11 @@ class ModelInfo:
     max_positions: int
     position_scheme: str  # e.g. "learned absolute table (wpe)" or "rotary (RoPE, θ=100000)"
     reason: str  # why this model: e.g. "GPT-2 was not reachable — using the bundled SmolLM2-135M"
+    # Which weights exactly: "dir:<hash>" of a model directory's files, "hub:<hash>" of the cached
+    # snapshot a Hub id resolves to, "memory:<random>" for a model built in memory. It changes when
+    # the files are rewritten (a checkpoint saved again under the same name), so every cache keyed
+    # by it lets go of the old weights.
+    identity: str
 
 
 @dataclass
@@ -169,6 +179,69 @@ def bundled_model_dir(progress: Progress | None = None) -> Path:
     return target
 
 
+# --------------------------------------------------------------------------- identity
+
+SETTINGS_FILE = "settings.json"  # a fine-tuning checkpoint's record of its run (steps, time saved)
+
+
+def directory_identity(path: str | Path) -> str:
+    """Names the files of a model directory as they are now: "dir:" + a hash of the directory's
+    resolved path and each file's (name, size, mtime_ns, inode), plus a checkpoint's settings.json.
+
+    A few stat calls, no reading of weights. Rewriting any file (a new save under the same name
+    writes new files) changes it; the settings.json content (steps, save time) tells two saves apart
+    even on a file system whose timestamps are too coarse to.
+    """
+    path = Path(path).expanduser().resolve()
+    digest = hashlib.sha256(str(path).encode())
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as e:
+        return f"dir:missing:{path}:{e.strerror}"
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            st = entry.stat()  # follows links: a Hugging Face snapshot links to its blobs
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            digest.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+    try:
+        digest.update((path / SETTINGS_FILE).read_bytes())
+    except OSError:
+        pass  # not a checkpoint
+    return "dir:" + digest.hexdigest()[:24]
+
+
+def hub_identity(repo_id: str) -> str:
+    """The identity of the cached snapshot `repo_id` resolves to now (its `main` ref), as "hub:…"."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # huggingface_hub's HFValidationError: not a valid repo id
+        found = None
+    if not isinstance(found, str):
+        return f"hub:{repo_id}:not-cached"
+    return "hub:" + directory_identity(Path(found).parent)
+
+
+def current_identity(info: ModelInfo) -> str:
+    """What `info.identity` would be if the model were loaded again now (cheap: stat calls only)."""
+    kind = info.identity.split(":", 1)[0]
+    if kind == "dir":
+        return directory_identity(info.source)
+    if kind == "hub":
+        return hub_identity(info.source)
+    return info.identity  # built in memory: no file can change it
+
+
+def memory_identity() -> str:
+    """A fresh identity for a model built in memory (nothing on disk names its weights)."""
+    return f"memory:{uuid.uuid4().hex}"
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -237,6 +310,7 @@ def load_model(spec: str, progress: Progress | None = None) -> LoadedModel:
             raise
         except Exception as e:  # noqa: BLE001 - any conversion failure becomes a user message
             raise ModelLoadError(f"Could not convert the bundled SmolLM2 model: {e}") from e
+        identity = directory_identity(directory)  # before reading: a later change is then seen
         model, tokenizer = _load_checked(directory, local_only=True, spec=spec)
         return wrap(
             model,
@@ -245,6 +319,7 @@ def load_model(spec: str, progress: Progress | None = None) -> LoadedModel:
             name=BUNDLED_NAME,
             source=str(directory),
             reason="The bundled model, converted once to fp32 safetensors in the local cache.",
+            identity=identity,
         )
 
     path = Path(spec).expanduser()
@@ -257,6 +332,7 @@ def load_model(spec: str, progress: Progress | None = None) -> LoadedModel:
                 "Point to a folder written by `save_pretrained` (config.json + model.safetensors)."
             )
         progress(0.2, f"Loading {path.name} from disk…")
+        identity = directory_identity(path)
         model, tokenizer = _load_checked(path, local_only=True, spec=spec)
         return wrap(
             model,
@@ -265,11 +341,13 @@ def load_model(spec: str, progress: Progress | None = None) -> LoadedModel:
             name=path.name,
             source=str(path.resolve()),
             reason="A local model directory.",
+            identity=identity,
         )
 
     if not _is_hub_id(spec):
         raise ModelLoadError(f"'{spec}' is neither a Hub model id (like 'gpt2') nor an existing directory.")
     progress(0.2, f"Looking for {spec} in the local Hugging Face cache…")
+    identity = hub_identity(spec)
     try:
         model, tokenizer = _load_checked(spec, local_only=True, spec=spec)
         reason = "From the local Hugging Face cache."
@@ -284,7 +362,8 @@ def load_model(spec: str, progress: Progress | None = None) -> LoadedModel:
         progress(0.3, f"Downloading {spec} from the Hugging Face Hub…")
         model, tokenizer = _load_checked(spec, local_only=False, spec=spec)
         reason = "Downloaded from the Hugging Face Hub."
-    return wrap(model, tokenizer, spec=spec, name=spec, source=spec, reason=reason)
+        identity = hub_identity(spec)  # the snapshot just downloaded into the cache
+    return wrap(model, tokenizer, spec=spec, name=spec, source=spec, reason=reason, identity=identity)
 
 
 def _load_checked(source: str | Path, local_only: bool, spec: str):
@@ -302,8 +381,14 @@ def _with(loaded: LoadedModel, spec: str, reason: str) -> LoadedModel:
     return LoadedModel(loaded.model, loaded.tokenizer, replace(loaded.info, spec=spec, reason=reason))
 
 
-def wrap(model, tokenizer, spec: str, name: str, source: str = "", reason: str = "") -> LoadedModel:
-    """Put an already built model in tracing shape (eval, eager attention) and describe it."""
+def wrap(
+    model, tokenizer, spec: str, name: str, source: str = "", reason: str = "", identity: str = ""
+) -> LoadedModel:
+    """Put an already built model in tracing shape (eval, eager attention) and describe it.
+
+    `identity` names the files it was read from (see `ModelInfo.identity`); without one the model
+    counts as built in memory and gets a fresh identity of its own.
+    """
     config = model.config
     family = SUPPORTED_MODEL_TYPES.get(config.model_type)
     if family is None:
@@ -339,8 +424,40 @@ def wrap(model, tokenizer, spec: str, name: str, source: str = "", reason: str =
         max_positions=max_positions,
         position_scheme=scheme,
         reason=reason,
+        identity=identity or memory_identity(),
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+class ModelStore:
+    """Loaded models for reuse, by spec, newest last; at most `capacity` kept in memory.
+
+    A cached model is handed out only while its files are still the ones it was read from: every
+    `get` compares `current_identity` (a few stat calls) with the identity it was loaded with, and
+    reads the model again when they differ, e.g. after a checkpoint was saved again under its name.
+    """
+
+    def __init__(self, capacity: int = 2, loader: Callable[..., LoadedModel] | None = None) -> None:
+        self.capacity = capacity
+        self.loader = loader or load_model
+        self.models: dict[str, LoadedModel] = {}
+        self.lock = threading.Lock()
+
+    def get(self, spec: str, progress: Progress | None = None) -> LoadedModel:
+        """The model for `spec`, loaded now or earlier; raises `ModelLoadError` with a message."""
+        with self.lock:
+            cached = self.models.pop(spec, None)  # re-inserted below as the most recently used
+            if cached is not None:
+                if current_identity(cached.info) == cached.info.identity:
+                    self.models[spec] = cached
+                    return cached
+                log.info("%s changed on disk since it was loaded; loading it again", spec)
+                del cached  # let go of the old weights before reading the new ones
+            loaded = self.loader(spec, progress)
+            self.models[spec] = loaded
+            while len(self.models) > self.capacity:
+                self.models.pop(next(iter(self.models)))
+            return loaded
 
 
 def rope_theta(config) -> float:

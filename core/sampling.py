@@ -30,7 +30,8 @@ class SamplingConfig:
 
     temperature: float = 1.0  # divides the logits: <1 sharpens, >1 flattens, 0 = greedy (one-hot argmax)
     top_k: int = 0  # keep only the k most likely tokens (ties with the k-th are kept too); 0 = off
-    top_p: float = 1.0  # keep the smallest most-likely set with mass ≥ top_p; 1 = off, 0 = only the top one
+    top_p: float = 1.0  # keep the smallest most-likely set with mass ≥ top_p (exact ties at the cut: the
+    # higher ids stay, as in HF); 1 = off, 0 = only the top one
     seed: int = 0  # seeds the torch.Generator that draws tokens, so a run can be repeated exactly
     greedy: bool = False  # always take the most likely token (same as temperature 0)
 
@@ -137,8 +138,13 @@ def _exclusive_cumsum(p: torch.Tensor) -> torch.Tensor:
 def _top_p_keep(log_p: torch.Tensor, kept: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the most likely tokens until their mass reaches top_p (always at least one).
 
-    A token is kept when the mass of the tokens ranked above it is < top_p (HF's rule, written from the
-    top). Ties are ranked lowest token id first, so the cut is deterministic.
+    Hugging Face's TopPLogitsWarper sorts the tokens by ascending probability, removes those whose
+    cumulative mass from the bottom is ≤ 1 − top_p, and always keeps the top one. Read from the top,
+    that keeps a token when the mass ranked above it is < top_p. Among tokens of exactly equal
+    probability its ascending sort leaves the lower ids lower, so the cut removes the lower ids and
+    keeps the higher ones; here ties are ranked highest id first to keep the same tokens. (torch's CPU
+    sort is stable only up to 16 entries, so for larger vocabularies this is HF's rule with a stable
+    sort: the one deterministic reading of it.)
     """
     n_kept = int(kept.sum())
     # Find a threshold below which the cut cannot fall: the k-th largest value once the top k hold
@@ -151,8 +157,9 @@ def _top_p_keep(log_p: torch.Tensor, kept: torch.Tensor, top_p: float) -> torch.
             threshold = values[-1]
             break
         k *= 4
-    candidates = torch.nonzero(kept if threshold is None else log_p >= threshold).squeeze(1)  # ascending ids
-    order = torch.sort(log_p[candidates], descending=True, stable=True).indices  # stable: low id first
+    candidates = torch.nonzero(kept if threshold is None else log_p >= threshold).squeeze(1)
+    candidates = candidates.flip(0)  # descending ids, so that the stable sort ranks ties highest id first
+    order = torch.sort(log_p[candidates], descending=True, stable=True).indices
     ranked = candidates[order]
     p_sorted = log_p[ranked].exp()
     keep_sorted = _exclusive_cumsum(p_sorted) < top_p

@@ -1,13 +1,20 @@
 """Vector search over uploaded documents with Chroma: the client factory, our registered embedding
 function, `DocumentIndex` (dedup, batch indexing with progress, list/inspect/delete, top-k query) and
-the cosine / dot / L2 comparison the search page teaches with."""
+the cosine / dot / L2 comparison the search page teaches with.
+
+A document becomes visible only once all its chunks are stored: chunks are written with
+`complete: False` and flipped to `True` last. Readers never see pending chunks; an upload that was
+interrupted is rolled back, and one whose process died is removed when the index is next opened."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +23,7 @@ import chromadb
 import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.config import Settings
+from chromadb.errors import ChromaError
 from chromadb.utils.embedding_functions import register_embedding_function
 
 from core.documents import (
@@ -36,9 +44,32 @@ log = logging.getLogger(__name__)
 CHROMA_HOST_ENV = "CHROMA_HOST"  # set (and/or CHROMA_PORT) to use a Chroma server instead of local files
 CHROMA_PORT_ENV = "CHROMA_PORT"
 EMBEDDING_FUNCTION_NAME = "vectorlab-minilm"
-_COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+_COLLECTION_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]")  # used with fullmatch
+_PENDING = {"complete": False}  # chunks of an upload that has not finished: invisible to every reader
+_VISIBLE = {"complete": {"$ne": False}}  # finished chunks (and chunks stored before the flag existed)
 
-ProgressCallback = Callable[[int, int], None]  # on_progress(done, total), in chunks
+# (collection id, content hash) of every upload this process is storing right now. Opening an index
+# removes pending chunks, but never those of a live upload in another thread (another browser tab).
+_IN_FLIGHT: set[tuple[str, str]] = set()
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def collection_name_problem(name: object) -> str | None:
+    """Why Chroma would refuse `name` for a collection, or None if it is fine. Chroma's rule: 3-512
+    characters from [a-zA-Z0-9._-], starting and ending with a letter or digit, no '..', and not an
+    IP address."""
+    if not isinstance(name, str) or not _COLLECTION_NAME.fullmatch(name):
+        return (
+            f"collection {name!r} is not a valid Chroma name: use 3-512 letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit."
+        )
+    if ".." in name:
+        return f"collection {name!r} is not a valid Chroma name: it must not contain '..'."
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return None
+    return f"collection {name!r} is not a valid Chroma name: it must not be an IP address."
 
 
 # --- Chroma plumbing ------------------------------------------------------------------------------
@@ -168,11 +199,9 @@ class IndexSettings:
     # slower. Fixed when the collection is created: an existing collection keeps its own value.
 
     def __post_init__(self) -> None:
-        if not _COLLECTION_NAME.match(self.collection):
-            raise ValueError(
-                f"collection {self.collection!r} is not a valid Chroma name: use 3-512 letters, digits, "
-                "'.', '_' or '-', starting and ending with a letter or digit."
-            )
+        problem = collection_name_problem(self.collection)
+        if problem is not None:
+            raise ValueError(problem)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}; try 64.")
         if self.hnsw_ef_search < 1:
@@ -205,10 +234,74 @@ class IndexReport:
     added: list[DocumentInfo] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     errors: list[FileError] = field(default_factory=list)  # files rejected while parsing
+    in_progress: list[str] = field(default_factory=list)  # names skipped: the same text is being
+    # indexed by another upload in this process right now (another tab, or one still rolling back)
 
     @property
     def n_chunks(self) -> int:
         return sum(d.n_chunks for d in self.added)
+
+
+@dataclass(frozen=True)
+class IndexProgress:
+    """How far one `add_documents` call has got; passed to `on_progress` after every stored batch."""
+
+    done: int  # chunks stored so far
+    total: int  # chunks this call stores
+    tokens_done: int  # encoder tokens in the stored chunks
+    tokens_total: int  # encoder tokens in all of this call's chunks
+    elapsed_s: float  # seconds since the first chunk went to the encoder
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far, or None before anything is stored. The rate is counted in
+        tokens: chunks are sent shortest first, so a rate in chunks would promise too little."""
+        if self.done >= self.total:
+            return 0.0
+        if self.tokens_done == 0 or self.elapsed_s <= 0:
+            return None
+        return self.elapsed_s * (self.tokens_total - self.tokens_done) / self.tokens_done
+
+    def describe(self) -> str:
+        """A progress line: 'Embedded 120 of 3,812 chunks · about 6 min 10 s left'."""
+        text = f"Embedded {self.done:,} of {self.total:,} chunks"
+        eta = self.eta_s
+        if eta is None:
+            return text + " · estimating the time left…"
+        return text + ("" if self.done >= self.total else f" · about {_duration(eta)} left")
+
+
+def _duration(seconds: float) -> str:
+    whole = max(1, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+ProgressCallback = Callable[[IndexProgress], None]
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """A document whose upload stopped before all its chunks were stored (the process was killed, or
+    rolling back failed); found and removed when the index is opened."""
+
+    name: str
+    content_hash: str
+    n_stored: int  # chunks that had been stored
+    n_chunks: int  # chunks the whole document has
+
+    def describe(self) -> str:
+        return (
+            f"Removed an incomplete upload of '{self.name}' ({self.n_stored} of {self.n_chunks} chunks "
+            "had been stored when indexing stopped); upload it again to index it."
+        )
 
 
 @dataclass(frozen=True)
@@ -373,7 +466,8 @@ class DocumentIndex:
     """Documents chunked, embedded and stored in one Chroma collection (cosine space).
 
     `client` comes from `make_client`; `embedder` is a `SentenceEmbedder` (its tokenizer sizes chunks)
-    or any `Embedder` together with an explicit `chunker`."""
+    or any `Embedder` together with an explicit `chunker`. Opening the index removes incomplete uploads
+    left by a process that died (`removed_incomplete` lists them) unless `recover=False`."""
 
     def __init__(
         self,
@@ -381,6 +475,7 @@ class DocumentIndex:
         embedder: Embedder,
         settings: IndexSettings | None = None,
         chunker: Chunker | None = None,
+        recover: bool = True,
     ) -> None:
         self.client = client
         self.embedder = embedder
@@ -398,6 +493,8 @@ class DocumentIndex:
         self.chunker = chunker
         self.embedding_function = VectorLabEmbeddingFunction(embedder)
         self.collection = self._open_collection(self.settings.collection)
+        self._max_batch: int | None = None
+        self.removed_incomplete: list[IncompleteUpload] = self.remove_incomplete() if recover else []
 
     @property
     def name(self) -> str:
@@ -413,6 +510,8 @@ class DocumentIndex:
             )
         except ValueError as e:  # Chroma: the collection was made with another embedding function
             raise InputError(f"Collection '{name}' cannot be opened with {self.embedder.name}: {e}") from e
+        except ChromaError as e:  # e.g. a name Chroma refuses
+            raise InputError(f"Chroma cannot open a collection named {name!r}: {e}") from e
         metadata = collection.metadata or {}
         if metadata.get("embedder", self.embedder.name) != self.embedder.name or int(
             metadata.get("dimension", self.embedder.dimension)
@@ -429,19 +528,22 @@ class DocumentIndex:
             )
         return collection
 
-    # -- reading --
+    # -- reading: only complete documents are ever seen --
 
     def count(self) -> int:
-        """Number of chunks stored."""
-        return int(self.collection.count())
+        """Number of chunks of complete documents stored."""
+        return int(self.collection.count()) - len(self.collection.get(where=_PENDING, include=[])["ids"])
 
     def list_documents(self) -> list[DocumentInfo]:
         """Every indexed document (one row per content hash), sorted by name."""
         metadatas = self.collection.get(include=["metadatas"])["metadatas"] or []
         by_hash: dict[str, dict[str, Any]] = {}
+        pending: set[str] = set()
         for m in metadatas:
             entry = by_hash.setdefault(m["doc_hash"], {"meta": m, "n": 0})
             entry["n"] += 1
+            if _is_pending(m):
+                pending.add(m["doc_hash"])
         docs = [
             DocumentInfo(
                 name=e["meta"]["doc_name"],
@@ -451,13 +553,14 @@ class DocumentIndex:
                 n_chars=int(e["meta"]["doc_chars"]),
             )
             for h, e in by_hash.items()
+            if h not in pending
         ]
         return sorted(docs, key=lambda d: (d.name, d.content_hash))
 
     def document_chunks(self, content_hash: str) -> list[Chunk]:
         """The chunks of one document in order (to inspect how it was cut)."""
         got = self.collection.get(where={"doc_hash": content_hash}, include=["metadatas", "documents"])
-        if not got["ids"]:
+        if not got["ids"] or any(_is_pending(m) for m in got["metadatas"]):
             raise InputError(f"No indexed document has hash {content_hash[:12]}...; refresh the list.")
         chunks = [
             _chunk_from(meta, text) for meta, text in zip(got["metadatas"], got["documents"], strict=True)
@@ -469,7 +572,7 @@ class DocumentIndex:
         return merge_chunks(self.document_chunks(content_hash))
 
     def has_document(self, content_hash: str) -> bool:
-        return bool(self.collection.get(where={"doc_hash": content_hash}, limit=1, include=[])["ids"])
+        return self._existing_name(content_hash) is not None
 
     # -- writing --
 
@@ -478,49 +581,93 @@ class DocumentIndex:
     ) -> IndexReport:
         """Chunk, embed and store documents in batches; text already indexed is skipped.
 
-        `on_progress(done, total)` counts chunks: first (0, total), then after every batch. If storing
-        fails half-way, this call's chunks are removed again so the index is as before."""
+        `on_progress(IndexProgress)` is called first with nothing done, then after every batch.
+        Chunks are stored as pending and become visible together once all are stored. If anything
+        stops this call half-way (an error, or an exception raised by `on_progress`, such as the one
+        Streamlit raises to stop a script run), its chunks are removed again and the exception goes on:
+        the index is as before."""
         report = IndexReport()
         planned: list[tuple[Document, list[Chunk]]] = []
-        seen: dict[str, str] = {}
-        for doc in documents:
-            existing = seen.get(doc.content_hash) or self._existing_name(doc.content_hash)
-            if existing is not None:
-                report.duplicates.append(Duplicate(name=doc.name, existing_name=existing))
-                continue
-            seen[doc.content_hash] = doc.name
-            planned.append((doc, self.chunker.chunk(doc)))
-        rows = [(doc, chunk, len(chunks)) for doc, chunks in planned for chunk in chunks]
-        # Batches of similar length pad less inside the encoder (the order in the store is irrelevant).
-        rows.sort(key=lambda row: row[1].n_tokens)
-        total = len(rows)
-        if on_progress:
-            on_progress(0, total)
-        added_ids: list[str] = []
+        claimed: list[str] = []
+        seen: dict[str, str] = {}  # content hash -> the name it is (or will be) indexed under
         try:
-            for start in range(0, total, self.settings.batch_size):
-                batch = rows[start : start + self.settings.batch_size]
-                ids = [_chunk_id(chunk) for _, chunk, _ in batch]
-                self.collection.add(
-                    ids=ids,
-                    documents=[chunk.text for _, chunk, _ in batch],
-                    metadatas=[_chunk_metadata(doc, chunk, n) for doc, chunk, n in batch],
-                )
-                added_ids.extend(ids)
-                if on_progress:
-                    on_progress(start + len(batch), total)
-        except Exception as e:
-            if added_ids:
-                self.collection.delete(ids=added_ids)
-            if isinstance(e, VectorLabError):
-                raise
-            raise VectorLabError(f"Indexing stopped ({e}); nothing from this upload was kept.") from e
+            for doc in documents:
+                if doc.content_hash in seen:
+                    report.duplicates.append(Duplicate(doc.name, existing_name=seen[doc.content_hash]))
+                    continue
+                if not self._claim(doc.content_hash):
+                    report.in_progress.append(doc.name)
+                    continue
+                claimed.append(doc.content_hash)
+                existing = self._existing_name(doc.content_hash)  # checked once claimed: no race
+                seen[doc.content_hash] = existing or doc.name
+                if existing is not None:
+                    report.duplicates.append(Duplicate(doc.name, existing_name=existing))
+                    continue
+                planned.append((doc, self.chunker.chunk(doc)))
+            self._store(planned, on_progress)
+        finally:
+            self._release(claimed)
         for doc, chunks in planned:
             report.added.append(
                 DocumentInfo(doc.name, doc.content_hash, doc.kind, n_chunks=len(chunks), n_chars=doc.n_chars)
             )
-        log.info("Indexed %d documents (%d chunks) into %s", len(planned), total, self.name)
+        log.info("Indexed %d documents (%d chunks) into %s", len(planned), report.n_chunks, self.name)
         return report
+
+    def _store(
+        self, planned: Sequence[tuple[Document, list[Chunk]]], on_progress: ProgressCallback | None
+    ) -> None:
+        rows = [(doc, chunk, len(chunks)) for doc, chunks in planned for chunk in chunks]
+        # Batches of similar length pad less inside the encoder (the order in the store is irrelevant).
+        rows.sort(key=lambda row: row[1].n_tokens)
+        total, tokens_total = len(rows), sum(chunk.n_tokens for _, chunk, _ in rows)
+        started, tokens_done = time.monotonic(), 0
+
+        def report(done: int) -> None:
+            if on_progress:
+                on_progress(IndexProgress(done, total, tokens_done, tokens_total, time.monotonic() - started))
+
+        attempted: list[str] = []
+        try:
+            for doc, _ in planned:  # pending chunks of an earlier upload of this text that never finished
+                self._delete(self.collection.get(where={"doc_hash": doc.content_hash}, include=[])["ids"])
+            report(0)
+            for start in range(0, total, self.settings.batch_size):
+                batch = rows[start : start + self.settings.batch_size]
+                ids = [_chunk_id(chunk) for _, chunk, _ in batch]
+                attempted.extend(ids)
+                self.collection.add(
+                    ids=ids,
+                    documents=[chunk.text for _, chunk, _ in batch],
+                    metadatas=[_chunk_metadata(doc, chunk, n, complete=False) for doc, chunk, n in batch],
+                )
+                tokens_done += sum(chunk.n_tokens for _, chunk, _ in batch)
+                report(start + len(batch))
+            self._complete(attempted)
+        except BaseException as e:  # BaseException too: Streamlit stops a run with one, and so does Ctrl+C
+            log.info("Indexing into %s stopped (%r); removing its %d chunks", self.name, e, len(attempted))
+            self._rollback(attempted)
+            if isinstance(e, Exception) and not isinstance(e, VectorLabError):
+                raise VectorLabError(f"Indexing stopped ({e}); nothing from this upload was kept.") from e
+            raise
+
+    def _complete(self, ids: list[str]) -> None:
+        """Make a finished upload visible: check every chunk is there, then flip their flags."""
+        found = sum(len(self.collection.get(ids=part, include=[])["ids"]) for part in self._batches(ids))
+        if found != len(ids):
+            raise VectorLabError(
+                f"Indexing stopped: {len(ids) - found} of {len(ids)} stored chunks disappeared before the "
+                "upload finished (was the collection deleted meanwhile?); nothing from this upload was kept."
+            )
+        for part in self._batches(ids):
+            self.collection.update(ids=part, metadatas=[{"complete": True}] * len(part))
+
+    def _rollback(self, ids: list[str]) -> None:
+        try:
+            self._delete(ids)
+        except Exception:  # the store failed: the chunks stay pending (unseen) until the next opening
+            log.warning("Could not remove %d pending chunks from %s", len(ids), self.name, exc_info=True)
 
     def add_files(
         self,
@@ -536,15 +683,75 @@ class DocumentIndex:
 
     def delete_document(self, content_hash: str) -> int:
         """Remove one document's chunks; returns how many were removed."""
-        ids = self.collection.get(where={"doc_hash": content_hash}, include=[])["ids"]
-        if not ids:
+        if self._existing_name(content_hash) is None:
             raise InputError(f"No indexed document has hash {content_hash[:12]}...; refresh the list.")
-        self.collection.delete(ids=ids)
+        ids = self.collection.get(where={"doc_hash": content_hash}, include=[])["ids"]
+        self._delete(ids)
         return len(ids)
 
+    def remove_incomplete(self) -> list[IncompleteUpload]:
+        """Remove the chunks of uploads that never finished (their process died), except uploads this
+        process is storing right now; returns what was removed, by name."""
+        got = self.collection.get(where=_PENDING, include=["metadatas"])
+        first_meta: dict[str, dict[str, Any]] = {}
+        for meta in got["metadatas"] or []:
+            first_meta.setdefault(meta["doc_hash"], meta)
+        removed = []
+        for content_hash, meta in first_meta.items():
+            with _IN_FLIGHT_LOCK:  # held while deleting, so no upload of this text can start meanwhile
+                if (self._collection_key, content_hash) in _IN_FLIGHT or not self._has_pending(content_hash):
+                    continue  # a live upload, or one that has just finished
+                ids = self.collection.get(where={"doc_hash": content_hash}, include=[])["ids"]
+                self._delete(ids)
+            upload = IncompleteUpload(meta["doc_name"], content_hash, len(ids), int(meta["doc_chunks"]))
+            log.warning("%s", upload.describe())
+            removed.append(upload)
+        return sorted(removed, key=lambda u: (u.name, u.content_hash))
+
+    def uploads_in_progress(self) -> int:
+        """Documents this process is storing into this collection right now, in any thread (another
+        browser tab, or a stopped run still removing what it had stored)."""
+        with _IN_FLIGHT_LOCK:
+            return sum(1 for collection, _ in _IN_FLIGHT if collection == self._collection_key)
+
     def _existing_name(self, content_hash: str) -> str | None:
+        """The name a complete document with this text was indexed under, or None."""
         got = self.collection.get(where={"doc_hash": content_hash}, limit=1, include=["metadatas"])
-        return got["metadatas"][0]["doc_name"] if got["ids"] else None
+        if not got["ids"] or self._has_pending(content_hash):
+            return None
+        return got["metadatas"][0]["doc_name"]
+
+    def _has_pending(self, content_hash: str) -> bool:
+        where = {"$and": [{"doc_hash": content_hash}, _PENDING]}
+        return bool(self.collection.get(where=where, limit=1, include=[])["ids"])
+
+    @property
+    def _collection_key(self) -> str:
+        return str(self.collection.id)
+
+    def _claim(self, content_hash: str) -> bool:
+        """Mark this text as being stored by this process; False if another upload already is."""
+        key = (self._collection_key, content_hash)
+        with _IN_FLIGHT_LOCK:
+            if key in _IN_FLIGHT:
+                return False
+            _IN_FLIGHT.add(key)
+            return True
+
+    def _release(self, hashes: Iterable[str]) -> None:
+        with _IN_FLIGHT_LOCK:
+            for content_hash in hashes:
+                _IN_FLIGHT.discard((self._collection_key, content_hash))
+
+    def _batches(self, ids: Sequence[str]) -> Iterator[list[str]]:
+        if self._max_batch is None:
+            self._max_batch = max(1, int(self.client.get_max_batch_size()))
+        for start in range(0, len(ids), self._max_batch):
+            yield list(ids[start : start + self._max_batch])
+
+    def _delete(self, ids: Sequence[str]) -> None:
+        for part in self._batches(ids):
+            self.collection.delete(ids=part)
 
     # -- collections --
 
@@ -560,7 +767,10 @@ class DocumentIndex:
         """Delete a collection; deleting this index's own collection leaves it empty and usable."""
         if name not in {c.name for c in self.client.list_collections()}:
             raise InputError(f"There is no collection named '{name}'.")
-        self.client.delete_collection(name)
+        try:
+            self.client.delete_collection(name)
+        except ChromaError as e:
+            raise InputError(f"Chroma could not delete the collection '{name}': {e}") from e
         if name == self.name:
             self.collection = self._open_collection(name)
 
@@ -579,11 +789,14 @@ class DocumentIndex:
     def search_vector(self, vector: np.ndarray, k: int = 5) -> list[Hit]:
         """Top-k chunks nearest an already-embedded query [d]."""
         q = np.asarray(vector, dtype=np.float64)
-        got = self.collection.query(  # k beyond the collection size simply returns every chunk
-            query_embeddings=[q.astype(np.float32)],
-            n_results=k,
-            include=["documents", "metadatas", "distances", "embeddings"],
-        )
+        query = {  # k beyond the collection size simply returns every chunk
+            "query_embeddings": [q.astype(np.float32)],
+            "n_results": k,
+            "include": ["documents", "metadatas", "distances", "embeddings"],
+        }
+        got = self.collection.query(**query)
+        if any(_is_pending(m) for m in got["metadatas"][0]):  # an upload is being stored right now:
+            got = self.collection.query(**query, where=_VISIBLE)  # filter only then (filters cost time)
         if not got["ids"][0]:
             self._require_content()
         hits = []
@@ -620,10 +833,13 @@ class DocumentIndex:
         """All chunks with their stored embeddings, in document/chunk order."""
         self._require_content()
         got = self.collection.get(include=["embeddings", "metadatas", "documents"])
+        pending = {m["doc_hash"] for m in got["metadatas"] if _is_pending(m)}
         order = sorted(
-            range(len(got["ids"])),
+            (i for i, m in enumerate(got["metadatas"]) if m["doc_hash"] not in pending),
             key=lambda i: (got["metadatas"][i]["doc_name"], got["metadatas"][i]["chunk_index"]),
         )
+        if not order:
+            self._require_content()
         return ChunkVectors(
             ids=[got["ids"][i] for i in order],
             embeddings=np.asarray(got["embeddings"], dtype=np.float32)[order],
@@ -685,8 +901,9 @@ def _chunk_id(chunk: Chunk) -> str:
     return f"{chunk.doc_hash}-{chunk.index:05d}"
 
 
-def _chunk_metadata(doc: Document, chunk: Chunk, n_chunks: int) -> dict[str, Any]:
+def _chunk_metadata(doc: Document, chunk: Chunk, n_chunks: int, complete: bool) -> dict[str, Any]:
     return {
+        "complete": complete,
         "doc_name": doc.name,
         "doc_hash": doc.content_hash,
         "doc_kind": doc.kind,
@@ -697,6 +914,12 @@ def _chunk_metadata(doc: Document, chunk: Chunk, n_chunks: int) -> dict[str, Any
         "char_end": chunk.char_end,
         "n_tokens": chunk.n_tokens,
     }
+
+
+def _is_pending(meta: dict[str, Any] | None) -> bool:
+    """True for a chunk of an upload that has not finished (chunks stored before the flag existed
+    have no flag and count as complete)."""
+    return meta is not None and meta.get("complete") is False
 
 
 def _chunk_from(meta: dict[str, Any], text: str) -> Chunk:

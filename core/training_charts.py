@@ -9,8 +9,10 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from core.charts import heatmap
 from core.finetune import TrainStep
 from core.finetune_compare import AttentionChange, LogitLensComparison, NextTokenComparison, WeightDrift
+from core.jobs import Curve, JobSnapshot
 
 TRAIN_COLOR = "#1f77b4"
 EVAL_COLOR = "#ff7f0e"
@@ -33,7 +35,29 @@ def loss_chart(
 ) -> alt.Chart | alt.LayerChart:
     """Training and held-out loss per step (optionally log-scaled), with the learning rate on a
     second axis."""
-    frame = loss_frame(history)
+    lr = pd.DataFrame({"step": [s.step for s in history], "lr": [s.lr for s in history]})
+    return _loss_layers(loss_frame(history), lr if show_lr and history else None, log_scale, height)
+
+
+def live_loss_chart(
+    loss: Curve, held_out: Curve, log_scale: bool = False, height: int = 260
+) -> alt.Chart | alt.LayerChart:
+    """`loss_chart` from a running job's curves (`core.jobs.Curve`, at most a few hundred points
+    each, a point being the mean over the steps it covers): training and held-out loss, lr."""
+    frame = pd.DataFrame(
+        {
+            "step": np.concatenate([loss.steps, held_out.steps]),
+            "series": ["train"] * len(loss) + ["held-out"] * len(held_out),
+            "loss": np.concatenate([loss.series("loss"), held_out.series("held-out loss")]),
+        }
+    )
+    lr = pd.DataFrame({"step": loss.steps, "lr": loss.series("lr")}) if len(loss) else None
+    return _loss_layers(frame, lr, log_scale, height)
+
+
+def _loss_layers(
+    frame: pd.DataFrame, lr: pd.DataFrame | None, log_scale: bool, height: int
+) -> alt.Chart | alt.LayerChart:
     y_scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
     color = alt.Color(
         "series:N",
@@ -47,9 +71,8 @@ def loss_chart(
         tooltip=["step:Q", "series:N", alt.Tooltip("loss:Q", format=".4f")],
     )
     curves = base.mark_line() + base.mark_point(size=20, filled=True)
-    if not show_lr or not history:
+    if lr is None:
         return curves.properties(height=height)
-    lr = pd.DataFrame({"step": [s.step for s in history], "lr": [s.lr for s in history]})
     lr_line = (
         alt.Chart(lr)
         .mark_line(strokeDash=[4, 3], color=LR_COLOR)
@@ -172,3 +195,34 @@ def logit_lens_chart(comparison: LogitLensComparison, height: int = 240) -> alt.
         )
         .properties(height=height)
     )
+
+
+def grad_norm_heatmap(curve: Curve, max_columns: int = 100, height: int | None = None) -> alt.Chart:
+    """Every layer's gradient norm over the run: layers as rows, steps as columns (at most
+    `max_columns`, neighbouring points averaged), from a running job's curve."""
+    shown = curve.coarsen(max_columns)
+    per = shown.steps_per_point
+    return heatmap(
+        shown.values.T,  # [layer, point]
+        list(shown.names),
+        [str(s) for s in shown.steps],
+        title="Gradient norm of every layer at every step"
+        + ("" if per == 1 else f" (each column: the mean of {per} steps)"),
+        row_title="layer",
+        col_title="step",
+        value_title="norm",
+        scheme="viridis",
+        domain_mid=None,
+        height=height,
+        show_col_labels=len(shown) <= 40,
+    )
+
+
+def live_charts(snapshot: JobSnapshot, log_scale: bool = False) -> dict[str, alt.TopLevelMixin]:
+    """The training page's live charts of a job snapshot, by download name: the loss curves, the
+    last step's gradient norm per layer, and every layer's gradient norm over the run."""
+    charts = {"training_loss": live_loss_chart(snapshot.loss, snapshot.eval, log_scale=log_scale)}
+    if snapshot.last is not None and snapshot.last.grad_norms:
+        charts["gradient_norms"] = grad_norm_chart(snapshot.last)
+        charts["gradient_norms_over_time"] = grad_norm_heatmap(snapshot.grad_norms)
+    return charts

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core import charts
 from core.tokens import nearest_tokens, neighbourhood_map, pieces_html, readable, tokenize_plain
+from core.tolerance import check_close
 from ui import state
 from ui.sidebar import render_sidebar
 from ui.widgets import downloads, show_chart
@@ -64,9 +64,10 @@ show_chart(
     ),
     "tokens_1",
 )
-check = float(np.abs(trace.token_embeddings - embeddings[trace.token_ids]).max())
+check = check_close(trace.token_embeddings, embeddings[trace.token_ids], reduction_length=0)  # a lookup
 st.caption(
-    f"Check: max |trace's token vectors − E[ids]| = {check:.2e} (the model really looks up these rows)."
+    f"Check: max |trace's token vectors − E[ids]| = {check.error:.2e}, {check.summary()} "
+    "(the model really looks up these rows)."
 )
 downloads("token_embeddings", trace.token_embeddings, [f"{i}:{p}" for i, p in enumerate(trace.pieces)])
 

@@ -7,11 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from core import charts
-from core.attention import all_heads_error, attention_grid_image, gpt2_fused_split, head_patterns, head_steps
+from core.attention import all_heads_check, attention_grid_image, gpt2_fused_split, head_patterns, head_steps
 from core.tokens import readable
 from ui import state
 from ui.sidebar import render_sidebar
-from ui.widgets import downloads, show_chart, token_picker, token_window
+from ui.widgets import check_metric, downloads, show_chart, token_picker, token_window
 
 st.title("3 · Self-attention")
 st.markdown(
@@ -168,10 +168,9 @@ show_chart(
     "attention_6",
 )
 c1, c2 = st.columns(2)
-c1.metric("Check: max |hand-computed output − model's head output|", f"{s.output_error:.2e}")
-c2.metric(
-    "Every layer, head and token", f"{state.derived('all_heads_error', all_heads_error, loaded, trace):.2e}"
-)
+check_metric("Check: max |hand-computed output − model's head output|", s.output_check, container=c1)
+all_heads = state.derived("all_heads_check", all_heads_check, loaded, trace)
+check_metric("Every layer, head and token", all_heads, container=c2)
 downloads(
     f"qkv_L{layer}_H{head}_T{position}",
     np.stack([s.q, s.output, s.model_output]),
@@ -222,6 +221,4 @@ else:
         f"{split.part_shape[1]} output columns are W_q, the next W_k, the last W_v. Within each, head *h* "
         f"owns columns {split.head_slices[0][1]}·h to {split.head_slices[0][1]}·(h+1)."
     )
-    st.metric(
-        "Check: max |split of ln_1(x)·c_attn − the trace's Q, K, V| (this layer)", f"{split.max_error:.2e}"
-    )
+    check_metric("Check: max |split of ln_1(x)·c_attn − the trace's Q, K, V| (this layer)", split.check)

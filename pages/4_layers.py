@@ -11,7 +11,7 @@ from core.layers import norm_effect, residual_stats
 from core.tokens import readable
 from ui import state
 from ui.sidebar import render_sidebar
-from ui.widgets import downloads, show_chart, token_picker, token_window
+from ui.widgets import check_metric, downloads, show_chart, token_picker, token_window
 
 st.title("4 · Transformer layers")
 st.markdown(
@@ -95,14 +95,16 @@ show_chart(
     "layers_4",
     container=right,
 )
-st.metric("Check: max |x_ℓ + attention + MLP − x_(ℓ+1)| / max |x|", f"{stats.sum_error:.2e}")
+check_metric("Check: max |x_ℓ + attention + MLP − x_(ℓ+1)|", stats.sum_check)
 downloads("residual_stream", trace.residual, key="layers_residual")
 
 # ---------------------------------------------------------------- logit lens
 st.subheader("Logit lens: what would each layer predict?")
 st.markdown(
     "Apply the model's own final norm and unembedding to the stream after every block: "
-    "`p_ℓ = softmax(W_U · norm(x_ℓ))`. The last row is exactly the model's output."
+    "`p_ℓ = softmax(W_U · norm(x_ℓ))`. The last row is exactly the model's output. The rank of the "
+    "actual next token counts the tokens whose logit is strictly larger (tokens tied with it share its "
+    "rank), so it stays exact far below where its probability underflows to 0."
 )
 n_lens = min(trace.n_tokens, 16)
 lens_end = window.stop
@@ -138,7 +140,7 @@ pick = c1.selectbox(
     format_func=lambda i: f"{lens.positions[i]}: {labels[lens.positions[i]]}",
     key="lens_token",
 )
-c2.metric("Check: last layer vs the model's output", f"{lens.final_error:.2e}")
+check_metric("Check: last layer vs the model's output", lens.final_check, container=c2)
 table = pd.DataFrame(
     {
         "layer": layer_labels,
@@ -153,6 +155,7 @@ table = pd.DataFrame(
 )
 if lens.target_ids[pick] >= 0:
     table["p(actual next)"] = lens.target_prob[:, pick]
+    table["ln p(actual next)"] = lens.target_logprob[:, pick]  # stays finite where p underflows to 0
     table["rank"] = lens.target_rank[:, pick]
 st.dataframe(table, hide_index=True, width="stretch", height=min(38 * len(table) + 40, 600))
 downloads("logit_lens_top_ids", lens.top_ids[:, pick, :], layer_labels, key="lens_dl")
@@ -192,4 +195,4 @@ stats_table = pd.DataFrame(
     }
 )
 st.dataframe(stats_table, hide_index=True)
-st.metric("Check: max |formula − the model's norm module|", f"{effect.formula_error:.2e}")
+check_metric("Check: max |formula − the model's norm module|", effect.formula_check)

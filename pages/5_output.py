@@ -15,9 +15,10 @@ from core.output_charts import (
     surprisal_chart,
 )
 from core.sampling import SamplingConfig, reshape, top_entries
+from core.tolerance import EPS64, check_close
 from ui import state
 from ui.sidebar import render_sidebar
-from ui.widgets import downloads, show_chart
+from ui.widgets import check_metric, downloads, show_chart
 
 st.title("5 · Output softmax")
 st.markdown(
@@ -45,7 +46,17 @@ temperature = c1.number_input(
     help="0 = always the most likely token (greedy).",
 )
 top_k = c2.number_input("Top-k (0 = off)", 0, len(strings), 0, 1, key="out_top_k")
-top_p = c3.slider("Top-p (1 = off)", 0.0, 1.0, 1.0, 0.01, key="out_top_p")
+top_p = c3.slider(
+    "Top-p (1 = off)",
+    0.0,
+    1.0,
+    1.0,
+    0.01,
+    key="out_top_p",
+    help="Keep the most likely tokens until their probability reaches top-p (always at least one). "
+    "Where tokens of exactly equal probability straddle the cut, the higher token ids are kept, as in "
+    "Hugging Face's TopPLogitsWarper.",
+)
 n_show = c4.slider("Tokens shown", 5, 40, 15, key="out_n")
 try:
     config = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
@@ -63,7 +74,13 @@ m1, m2, m3, m4 = st.columns(4)
 m1.metric("Tokens kept", f"{dist.n_kept:,}", help=f"Out of the {dist.vocab_size:,} in the vocabulary.")
 m2.metric("Entropy (model)", f"{dist.entropy_before.bits:.2f} bits")
 m3.metric("Entropy (reshaped)", f"{dist.entropy_after.bits:.2f} bits")
-m4.metric("Check: Σ p", f"{dist.final.sum():.6f}")
+# Σ p is summed in float64 over the whole vocabulary: it is 1 up to that sum's rounding.
+check_metric(
+    "Check: Σ p",
+    check_close(dist.final.sum(), 1.0, dist.vocab_size, eps=EPS64),
+    m4,
+    f"{dist.final.sum():.6f}",
+)
 if config.is_greedy:
     st.caption("Temperature 0: the distribution collapses onto the single most likely token.")
 elif dist.n_kept < dist.vocab_size:
@@ -85,29 +102,31 @@ c1, c2, c3 = st.columns(3)
 n_new = c1.slider("New tokens", 1, 64, 12, key="gen_n")
 mode = c2.radio("Decoding", ["greedy", "sample with the settings above"], key="gen_mode")
 seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
+gen_config = SamplingConfig(
+    temperature=config.temperature,
+    top_k=config.top_k,
+    top_p=config.top_p,
+    seed=int(seed),
+    greedy=mode == "greedy",
+)
+# A generation belongs to one model and one set of inputs; any other shows nothing of it.
+gen_key = (state.model_key(loaded), trace.text, int(n_new), gen_config)
 if st.button("Generate", type="primary", key="gen_go"):
-    gen_config = SamplingConfig(
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
-        seed=int(seed),
-        greedy=mode == "greedy",
-    )
     bar = st.progress(0.0, text="Generating…")
 
     def on_step(step) -> None:
         bar.progress((step.step + 1) / n_new, text=f"Token {step.step + 1} of {n_new}: {step.text!r}")
 
     try:
-        st.session_state["gen_result"] = generate_steps(
-            loaded, trace.text, n_new, gen_config, on_step=on_step
+        state.keep_result(
+            state.GENERATION, gen_key, generate_steps(loaded, trace.text, n_new, gen_config, on_step=on_step)
         )
     except (VectorLabError, ValueError) as e:
         st.error(str(e))
     bar.empty()
 
-result = st.session_state.get("gen_result")
-if result is not None and result.prompt == trace.text:
+result = state.kept_result(state.GENERATION, gen_key)
+if result is not None:
     st.html(generated_html(result, by="model") + probability_legend_html())
     st.caption(
         f"{result.n_new} tokens in {result.seconds:.2f} s ({result.tokens_per_second:.1f} tokens/s)"
@@ -123,8 +142,8 @@ if result is not None and result.prompt == trace.text:
     show_chart(
         distribution_chart(list(step.candidates), title=f"Step {step.step}'s distribution"), "output_3"
     )
-elif result is not None:
-    st.caption("The text changed since the last generation; press Generate again.")
+elif state.result_is_stale(state.GENERATION, gen_key):
+    st.caption("The model, the text or the settings changed since the last generation; press Generate again.")
 
 # ---------------------------------------------------------------- surprisal
 st.subheader("How surprised was the model by your text?")

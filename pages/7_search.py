@@ -9,11 +9,19 @@ import re
 import pandas as pd
 import streamlit as st
 
-from core.documents import SUPPORTED_SUFFIXES, ChunkSettings, Document, FileError, chunks_html, parse_text
+from core.documents import (
+    MAX_UPLOAD_MB,
+    SUPPORTED_SUFFIXES,
+    ChunkSettings,
+    Document,
+    FileError,
+    chunks_html,
+    parse_text,
+)
 from core.embedding_charts import search_map_chart
 from core.errors import VectorLabError
 from core.rag import PromptText, RagSettings, answer_from_text, answer_html, build_rag_prompt, render_prompt
-from core.search import IndexSettings, hit_context, hit_context_html, rankings_agree
+from core.search import IndexProgress, IndexSettings, hit_context, hit_context_html, rankings_agree
 from ui import search_state, state
 from ui.search_state import COLLECTION, DEFAULT_COLLECTION, QUERY, TOP_K, kept
 from ui.sidebar import render_sidebar
@@ -110,6 +118,13 @@ def delete_collection(index, name: str) -> None:
         st.session_state[QUERY] = None
 
 
+def cancel_indexing() -> None:
+    # Pressing Cancel reruns the page, and Streamlit stops the indexing run at its next progress
+    # update; the index removes what that run had stored (core.search.DocumentIndex.add_documents).
+    st.session_state.pop(search_state.INDEXING, None)
+    st.session_state[ACTION_MESSAGE] = ("warning", "Indexing cancelled; nothing from this upload was kept.")
+
+
 def submit_query() -> None:
     st.session_state[QUERY] = st.session_state["search_query_input"]
     st.session_state[TOP_K] = st.session_state["search_k"]
@@ -137,6 +152,23 @@ right.markdown(
 message = st.session_state.pop(ACTION_MESSAGE, None)
 if message is not None:
     getattr(st, message[0])(message[1])
+interrupted = st.session_state.pop(search_state.INDEXING, None)  # set only by a run that was stopped
+if interrupted and message is None:
+    st.warning(
+        f"Indexing {', '.join(repr(n) for n in interrupted)} stopped because the page changed while it "
+        "ran; nothing from it was kept. Index again and leave the page as it is until it finishes."
+    )
+busy = index.uploads_in_progress()
+if busy:
+    st.info(
+        f"{count(busy, 'document')} being indexed into '{index.name}' by another run of this app right "
+        "now (another tab, or a cancelled run removing what it had stored); shown here once finished."
+    )
+shown = st.session_state.setdefault(search_state.RECOVERY_SHOWN, set())
+for upload in search_state.removed_incomplete(index):
+    if (str(index.collection.id), upload.content_hash) not in shown:
+        shown.add((str(index.collection.id), upload.content_hash))
+        st.warning(upload.describe())
 
 documents_info = index.list_documents()
 add_tab, docs_tab, collections_tab = st.tabs(
@@ -146,12 +178,15 @@ add_tab, docs_tab, collections_tab = st.tabs(
 # ---------------------------------------------------------------- add documents
 with add_tab:
     left, right = st.columns(2)
+    # No `type=`: Streamlit would then refuse some file names itself (a NUL byte), with an exception
+    # that blanks the page; every upload's name and type are checked by core.documents instead.
     uploads = left.file_uploader(
         "Upload files",
-        type=[s.lstrip(".") for s in SUPPORTED_SUFFIXES],
         accept_multiple_files=True,
         key="search_files",
-        help="Several at once; each is checked on its own, and a bad file never stops the others.",
+        max_upload_size=MAX_UPLOAD_MB,
+        help=f"{', '.join(SUPPORTED_SUFFIXES)}. Several at once; each is checked on its own, and a bad "
+        "file never stops the others.",
     )
     pasted = right.text_area(
         "…or paste text", height=140, max_chars=200_000, key="search_paste", placeholder="Paste any text"
@@ -240,22 +275,31 @@ with add_tab:
             st.error("None of the uploads can be indexed; see the messages above.")
         else:
             indexer = search_state.require_index(client, index.name, chunk_settings)
-            bar = st.progress(0.0, text="Embedding chunks…")
+            st.session_state[search_state.INDEXING] = [d.name for d in candidates]
+            st.button("Cancel", key="search_index_cancel", icon=":material/cancel:", on_click=cancel_indexing)
+            bar = st.progress(0.0, text="Cutting the documents into chunks…")
+            st.caption(
+                "The documents appear once every chunk is stored. Changing anything on the page stops "
+                "indexing, like Cancel; nothing half-indexed is ever kept."
+            )
 
-            def on_progress(done: int, total: int) -> None:
-                bar.progress(done / total if total else 1.0, text=f"Embedded {done} of {total} chunks")
+            def on_progress(progress: IndexProgress) -> None:
+                bar.progress(progress.fraction, text=progress.describe())
 
+            # A stopped run (Cancel, any other widget, a closed tab) raises Streamlit's StopException
+            # out of `bar.progress`; add_documents removes its chunks and lets it through.
             try:
                 report = indexer.add_documents(candidates, on_progress)
             except VectorLabError as e:
+                st.session_state.pop(search_state.INDEXING, None)
                 st.session_state[ACTION_MESSAGE] = ("error", str(e))
             else:
-                st.session_state[search_state.INDEX_REPORT] = (index.name, report)
+                st.session_state.pop(search_state.INDEXING, None)
+                state.keep_result(search_state.INDEX_REPORT, (location.key, index.name), report)
             st.rerun()  # the counts and the document list above have changed
 
-    last = st.session_state.get(search_state.INDEX_REPORT)
-    if last is not None and last[0] == index.name:
-        report = last[1]
+    report = state.kept_result(search_state.INDEX_REPORT, (location.key, index.name))
+    if report is not None:
         if report.added:
             listing = ", ".join(f"'{d.name}' ({count(d.n_chunks, 'chunk')})" for d in report.added)
             total = f"{count(len(report.added), 'document')}, {count(report.n_chunks, 'chunk')}"
@@ -263,6 +307,11 @@ with add_tab:
         for dup in report.duplicates:
             same = "" if dup.existing_name == dup.name else f" as '{dup.existing_name}'"
             st.info(f"'{dup.name}' is already indexed{same}; skipped.")
+        for name in report.in_progress:
+            st.info(
+                f"'{name}' is being indexed by another run right now (another tab, or a cancelled run "
+                "still removing its chunks); skipped. Index it again once that has finished."
+            )
 
 # ---------------------------------------------------------------- documents
 with docs_tab:
@@ -437,10 +486,10 @@ try:
 except VectorLabError as e:
     st.error(str(e))
     st.stop()
-signature = "|".join([state.model_key(loaded), query, *[h.id for h in hits]])
-if st.session_state.get(search_state.RAG_PROMPT_FOR) != signature or "rag_prompt" not in st.session_state:
-    st.session_state["rag_prompt"] = rendered.text
-    st.session_state[search_state.RAG_PROMPT_FOR] = signature
+search_key = (state.model_key(loaded), location.key, index.name, query, tuple(h.id for h in hits))
+if state.kept_result(search_state.RAG_PROMPT_FOR, search_key) is None or "rag_prompt" not in st.session_state:
+    st.session_state["rag_prompt"] = rendered.text  # a new search starts the editable prompt afresh
+    state.keep_result(search_state.RAG_PROMPT_FOR, search_key, rendered.text)
 
 
 def rebuild_prompt(text: str) -> None:
@@ -463,6 +512,7 @@ note = " (with the model's chat template)" if rendered.used_chat_template else "
 )
 c1, c2, _ = st.columns([1, 1, 3])
 answer_clicked = c1.button("Answer", type="primary", key="rag_go", icon=":material/smart_toy:")
+answer_key = (*search_key, prompt_text, rendered.used_chat_template, settings)
 c2.button("Rebuild the prompt", key="rag_reset", on_click=rebuild_prompt, args=(rendered.text,))
 if answer_clicked:
     with st.spinner(f"{loaded.info.name} is answering…"):
@@ -477,11 +527,10 @@ if answer_clicked:
         except VectorLabError as e:
             st.error(str(e))
         else:
-            st.session_state[search_state.RAG_ANSWER] = (signature, answer)
+            state.keep_result(search_state.RAG_ANSWER, answer_key, answer)
 
-stored = st.session_state.get(search_state.RAG_ANSWER)
-if stored is not None and stored[0] == signature:
-    answer = stored[1]
+answer = state.kept_result(search_state.RAG_ANSWER, answer_key)
+if answer is not None:
     st.markdown("**Answer**")
     with st.container(border=True):
         st.html(answer_html(answer.answer or "(the model generated no text)", len(answer.sources)))

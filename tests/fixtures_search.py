@@ -8,9 +8,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -194,3 +198,102 @@ def tiny_lm(_tiny_lm_master):
 
     model, tokenizer = _tiny_lm_master
     return copy.deepcopy(model), copy.deepcopy(tokenizer)
+
+
+# --- an upload killed half-way ----------------------------------------------------------------------
+
+KILLED_NAME = "long.txt"
+KILLED_SETTINGS = {"batch_size": 8, "max_tokens": 32}  # many small batches, so a kill lands mid-way
+KILLED_BATCHES = 3  # the child is killed once this many batches are stored
+
+
+def long_text(n_sentences: int = 120) -> str:
+    """A text of many distinct sentences: about a hundred 32-token chunks."""
+    rivers = ["Danube", "Nile", "Amazon", "Mekong", "Volga", "Yukon"]
+    return " ".join(
+        f"Note {i}: the {rivers[i % len(rivers)]} carried {i * 7 % 97} barges past mill number {i}."
+        for i in range(n_sentences)
+    )
+
+
+_INDEX_UNTIL_KILLED = """
+import json, sys, time
+from core.documents import ChunkSettings, parse_text
+from core.embeddings import load_sentence_embedder
+from core.search import DocumentIndex, IndexSettings, make_client
+from tests.fixtures_search import KILLED_NAME, KILLED_SETTINGS, long_text
+
+class SlowEmbedder:  # MiniLM, slowed down so the parent can kill this process between batches
+    def __init__(self, inner):
+        self.inner, self.name, self.dimension = inner, inner.name, inner.dimension
+        self.max_tokens = inner.max_tokens
+    def encode(self, texts):
+        time.sleep(0.3)
+        return self.inner.encode(texts)
+    def tokenizer(self):
+        return self.inner.tokenizer()
+
+path, collection = sys.argv[1], sys.argv[2]
+client = make_client(path or None)
+chunk = ChunkSettings(max_tokens=KILLED_SETTINGS["max_tokens"])
+minilm = load_sentence_embedder()
+DocumentIndex(client, minilm, IndexSettings(collection=collection)).add_documents(
+    [parse_text("Bees dance to show the hive where the flowers are.", name="safe.txt")]
+)
+settings = IndexSettings(collection=collection, batch_size=KILLED_SETTINGS["batch_size"], chunk=chunk)
+index = DocumentIndex(client, SlowEmbedder(minilm), settings)
+report = lambda p: print(json.dumps({"done": p.done, "total": p.total}), flush=True)
+index.add_documents([parse_text(long_text(), name=KILLED_NAME)], on_progress=report)
+print(json.dumps({"finished": True}), flush=True)
+"""
+
+
+@dataclass(frozen=True)
+class KilledUpload:
+    done: int  # chunks the child had reported stored when it was killed
+    total: int  # chunks the whole document has
+
+
+def kill_during_upload(
+    collection: str, path: Path | None = None, server: ChromaServer | None = None, timeout_s: float = 120
+) -> KilledUpload:
+    """Index `safe.txt`, then start indexing `long_text()` in a child process and `kill -9` it after
+    KILLED_BATCHES batches are stored: into local files at `path`, or into `server`."""
+    from core.search import CHROMA_HOST_ENV, CHROMA_PORT_ENV
+
+    env = {**os.environ, "PYTHONPATH": str(DATA.parent.parent)}
+    env.pop(CHROMA_HOST_ENV, None)
+    env.pop(CHROMA_PORT_ENV, None)
+    if server is not None:
+        env.update({CHROMA_HOST_ENV: server.host, CHROMA_PORT_ENV: str(server.port)})
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the child
+    child = subprocess.Popen(
+        [sys.executable, "-c", _INDEX_UNTIL_KILLED, str(path) if path else "", collection],
+        cwd=DATA.parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+    )
+    watchdog = threading.Timer(timeout_s, child.kill)  # a stuck child ends the loop below
+    watchdog.start()
+    try:
+        for line in child.stdout:  # one line per stored batch
+            event = json.loads(line)
+            if event.get("finished"):
+                raise RuntimeError("the child finished indexing before it could be killed")
+            if event["done"] >= KILLED_BATCHES * KILLED_SETTINGS["batch_size"]:
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait(timeout=30)
+                return KilledUpload(done=event["done"], total=event["total"])
+        child.wait(timeout=30)
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace")[-2000:]
+        raise RuntimeError(f"the child stopped without being killed: {stderr}")
+    finally:
+        watchdog.cancel()
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+        child.stdout.close()
+        errors.close()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import re
+import tomllib
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -146,11 +149,9 @@ SUPPORTED = "upload one of: .txt, .md, .markdown, .pdf, .docx, .html, .htm."
     ("name", "data", "message"),
     [
         ("empty.txt", b"", "'empty.txt' is empty (0 bytes); there is nothing to index."),
-        (
-            "blank.txt",
-            b"  \n\t\n",
-            "'blank.txt' contains no text to index (a scanned PDF holds only images).",
-        ),
+        ("blank.txt", b"  \n\t\n", "'blank.txt' holds only whitespace; there is nothing to index."),
+        ("blank.md", b"\r\n \r\n", "'blank.md' holds only whitespace; there is nothing to index."),
+        ("blank.html", b"<html><body> <p> </p></body></html>", "'blank.html' contains no text to index."),
         (
             "photo.txt",
             b"\x89PNG\r\n\x1a\n\x00\x00\rIHDR",
@@ -183,6 +184,7 @@ SUPPORTED = "upload one of: .txt, .md, .markdown, .pdf, .docx, .html, .htm."
         ("..\\win.txt", b"x", f"'..\\\\win.txt' {NOT_PLAIN}"),
         ("..", b"x", f"'..' {NOT_PLAIN}"),
         ("tab\tname.txt", b"x", "'tab\\tname.txt' has control characters in its name; rename the file"),
+        ("nul\x00.txt", b"x", "'nul\\x00.txt' has control characters in its name; rename the file"),
         ("", b"x", "An upload has no file name; give the file a name and upload it again."),
     ],
 )
@@ -219,8 +221,11 @@ def test_truncated_pdf_is_rejected():
 
 
 def test_pdf_without_a_text_layer_is_rejected():
-    with pytest.raises(InputError, match=re.escape("'scan.pdf' contains no text to index")):
+    message = "'scan.pdf' contains no text to index (a scanned PDF holds only images)."
+    with pytest.raises(InputError, match=re.escape(message)):
         parse_file("scan.pdf", make_pdf([]))
+    with pytest.raises(InputError, match=re.escape("'empty.docx' contains no text to index.") + "$"):
+        parse_file("empty.docx", make_docx(["", "   "]))
 
 
 def test_file_that_is_not_a_docx_is_rejected():
@@ -240,6 +245,27 @@ def test_empty_or_oversized_pasted_text_is_rejected():
         parse_text("é" * (1024 * 1024), settings=ParseSettings(max_bytes=1024 * 1024))
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-8"])
+def test_text_with_a_byte_order_mark_is_decoded(encoding):
+    text = "Café ☕ 東京 🐝 first line\r\nsecond line\r\n"
+    doc = parse_file("notes.txt", ("\ufeff" + text).encode(encoding))
+    assert doc.text == "Café ☕ 東京 🐝 first line\nsecond line"
+    assert doc.content_hash == parse_file("same.txt", text.encode("utf-8")).content_hash
+    page = parse_file("page.html", ("\ufeff<p>Café ☕ 東京 🐝</p>").encode(encoding))
+    assert page.text == "Café ☕ 東京 🐝"
+
+
+def test_text_with_a_utf16_mark_that_is_not_utf16_is_rejected():
+    cut = b"\xff\xfe" + "ab".encode("utf-16-le") + b"\x00\xd8"  # ends inside a surrogate pair
+    message = "'cut.txt' is not valid UTF-16 (byte 0x00 at position 6); save it as UTF-8 and upload it again."
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_file("cut.txt", cut)
+    with pytest.raises(
+        InputError, match=re.escape("'nul.txt' looks like a binary file (it contains NUL characters)")
+    ):
+        parse_file("nul.txt", "\ufeffa\x00b".encode("utf-16-le"))
+
+
 def test_one_bad_file_loses_nothing_else():
     files = [
         ("good.txt", b"Good words."),
@@ -256,11 +282,136 @@ def test_one_bad_file_loses_nothing_else():
 
 def test_parse_settings_validate_with_a_fix():
     with pytest.raises(
-        ValueError, match=re.escape("max_bytes must be positive, got 0; the default is 10 MB.")
+        ValueError, match=re.escape("max_bytes must be positive, got 0; the default is 10.0 MB.")
     ):
         ParseSettings(max_bytes=0)
+    with pytest.raises(
+        ValueError, match=re.escape("max_unpacked_bytes must be positive, got 0; the default is 40.0 MB.")
+    ):
+        ParseSettings(max_unpacked_bytes=0)
+    with pytest.raises(
+        ValueError, match=re.escape("max_chars must be positive, got -1; the default is 10,485,760.")
+    ):
+        ParseSettings(max_chars=-1)
+    with pytest.raises(
+        ValueError, match=re.escape("max_compression_ratio must be at least 1, got 0.5; try 100.")
+    ):
+        ParseSettings(max_compression_ratio=0.5)
     with pytest.raises(ValueError, match=re.escape("max_control_ratio must be between 0 and 1, got 2")):
         ParseSettings(max_control_ratio=2)
+
+
+# --- limits: the upload cap, zip bombs, text length ----------------------------------------------
+
+MB = 1024 * 1024
+CONFIG = Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml"
+
+
+def test_the_upload_cap_is_defined_once_and_streamlit_says_the_same():
+    from core.documents import MAX_UPLOAD_MB
+
+    config = tomllib.loads(CONFIG.read_text(encoding="utf-8"))
+    assert config["server"]["maxUploadSize"] == MAX_UPLOAD_MB  # Streamlit's MB are MiB, as ours
+    assert ParseSettings().max_bytes == MAX_UPLOAD_MB * MB
+    limit = f"the limit is {MAX_UPLOAD_MB:.1f} MB"
+    with pytest.raises(InputError, match=re.escape(limit)):
+        parse_file("over.txt", b"a" * (MAX_UPLOAD_MB * MB + 1))
+
+
+def docx_with_member(member: str, size_mb: int, declared: int | None = None) -> bytes:
+    """A real .docx plus `member`: `size_mb` MB of spaces, deflated about 1000:1. With `declared`, the
+    zip directory announces that size instead (the data stays as written), as a crafted file would."""
+    base = zipfile.ZipFile(io.BytesIO(make_docx(["A real paragraph."])))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info in base.infolist():
+            archive.writestr(info, base.read(info))
+        with archive.open(member, "w") as stream:
+            for _ in range(size_mb):
+                stream.write(b" " * MB)
+        if declared is not None:
+            archive.infolist()[-1].file_size = declared
+    return out.getvalue()
+
+
+def directory(data: bytes) -> list[zipfile.ZipInfo]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return archive.infolist()
+
+
+def size_text(n_bytes: int) -> str:
+    return f"{n_bytes / MB:,.1f} MB" if n_bytes >= MB else f"{n_bytes / 1024:,.0f} KB"
+
+
+def forbid_unpacking(monkeypatch) -> None:
+    """From now on, reading any zip member fails the test: a refusal must come from the directory."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a zip member was unpacked")
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", refuse)
+
+
+def test_a_docx_declaring_a_gigabyte_is_refused_unread(monkeypatch):
+    data = docx_with_member("word/media/image1.png", 1, declared=1_150_000_000)  # as reported: 1.15 GB
+    total = sum(m.file_size for m in directory(data))
+    assert len(data) < 64 * 1024 and total > 1_150_000_000
+    message = (
+        f"'bomb.docx' would unpack to {size_text(total)} (it is a zip archive of {size_text(len(data))}); "
+        "the limit is 40.0 MB. It was not unpacked."
+    )
+    forbid_unpacking(monkeypatch)
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_file("bomb.docx", data)
+
+
+def test_a_docx_member_packed_like_a_zip_bomb_is_refused_unread(monkeypatch):
+    data = docx_with_member("word/media/padding.bin", 8)  # 8 MB of spaces: under the 40 MB total
+    member = directory(data)[-1]
+    ratio = member.file_size / member.compress_size
+    assert ratio > 500
+    packed = size_text(member.compress_size)
+    message = (
+        f"'bomb.docx' holds 'word/media/padding.bin', packed {ratio:,.0f}:1 ({packed} unpacking to 8.0 MB); "
+        "more than 100:1 is refused as a likely zip bomb. It was not unpacked."
+    )
+    forbid_unpacking(monkeypatch)
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_file("bomb.docx", data)
+
+
+def test_what_a_docx_unpacks_to_is_capped():
+    data = make_docx(["A real paragraph."])
+    total = sum(m.file_size for m in directory(data))
+    settings = ParseSettings(max_unpacked_bytes=total - 1)
+    message = (
+        f"'report.docx' would unpack to {size_text(total)} (it is a zip archive of {size_text(len(data))}); "
+        f"the limit is {size_text(total - 1)}. It was not unpacked."
+    )
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_file("report.docx", data, settings)
+    just_enough = ParseSettings(max_unpacked_bytes=total)
+    assert parse_file("report.docx", data, just_enough).text == "A real paragraph."
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("long.txt", lambda text: text.encode()),
+        ("long.docx", lambda text: make_docx([text[:30], text[30:]])),
+        ("long.pdf", lambda text: make_pdf([text[:30], text[30:]])),
+        ("long.html", lambda text: f"<p>{text}</p>".encode()),
+    ],
+)
+def test_the_text_one_upload_may_add_is_capped(name, make):
+    text = "".join(chr(ord("a") + i % 26) for i in range(60))
+    message = (
+        f"'{name}' holds more than 50 characters of text, the most one upload may add; "
+        "split it into smaller files."
+    )
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_file(name, make(text), ParseSettings(max_chars=50))
+    assert parse_file(name, make(text), ParseSettings(max_chars=61)).n_chars <= 61
 
 
 # --- chunking -------------------------------------------------------------------------------------

@@ -190,6 +190,7 @@ def test_visit_every_page_and_type(server, page):
     steps.fill("5000")
     steps.press("Enter")
     wait_idle(page)
+    page.get_by_text("Estimated time: about").first.wait_for()  # timed on the model, before Start
     page.get_by_role("button", name="Start").click()
     page.get_by_text("Training: step").first.wait_for(timeout=60_000)
     page.get_by_text("Loss", exact=True).first.wait_for(timeout=60_000)

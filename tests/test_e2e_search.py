@@ -3,10 +3,12 @@ paraphrased question finds its document, and an answer's source links jump to th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures_search import long_text, minilm  # noqa: F401  (minilm: fixture)
 from tests.test_e2e import (  # noqa: F401  (browser, page: fixtures)
     Server,
     _require_browser,
@@ -100,3 +102,44 @@ def test_answer_links_to_its_sources(search_server, page):  # noqa: F811
     page.locator("#hit-1").wait_for(state="visible")
     box = page.locator("#hit-1").bounding_box()
     assert box is not None and 0 <= box["y"] < page.viewport_size["height"]
+
+
+def test_cancel_stops_indexing_and_keeps_nothing(tmp_path, tiny_gpt2_dir, page, minilm):  # noqa: F811
+    """Cancel, pressed while a long text is being embedded, stops the running script: the page says so
+    at once, the stopped run removes the chunks it had stored, and the document never appears."""
+    from core.search import DocumentIndex, IndexSettings, close_client, make_client
+
+    srv = Server(str(tiny_gpt2_dir), tmp_path)
+    try:
+        open_search_page(page, srv.url)
+        text = tmp_path / "long.txt"
+        text.write_text(long_text(3000), encoding="utf-8")  # about 200 KB: minutes of embedding here
+        with page.expect_file_chooser() as chooser:
+            page.locator('[data-testid="stFileUploaderDropzone"]').click()
+        chooser.value.set_files([str(text)])
+        wait_idle(page)
+        page.get_by_text("Preview: where the chunks will be cut").wait_for()
+        page.locator('[data-testid="stBaseButton-primary"]').get_by_text("Index", exact=True).click()
+        progress = re.compile(r"Embedded [\d,]+ of [\d,]+ chunks · about .* left")
+        page.get_by_text(progress).wait_for(timeout=120_000)
+        page.locator('[data-testid^="stBaseButton-"]').get_by_text("Cancel", exact=True).click()
+        page.get_by_text("Indexing cancelled; nothing from this upload was kept.").wait_for(timeout=60_000)
+        wait_idle(page)
+        page.get_by_role("tab", name="Documents (0)").wait_for()
+        assert_no_exception(page, "search-cancelled")
+        for _ in range(60):  # the stopped run finishes its batch, then removes what it stored
+            open_search_page(page, srv.url)
+            if not page.get_by_text("being indexed into 'documents' by another run").count():
+                break
+            page.wait_for_timeout(2000)
+        else:
+            raise AssertionError("the stopped run never finished removing its chunks")
+    finally:
+        srv.stop()
+    client = make_client(tmp_path / "data" / "chroma")
+    try:
+        index = DocumentIndex(client, minilm, IndexSettings())
+        assert index.removed_incomplete == []  # the stopped run removed its own chunks
+        assert index.list_documents() == [] and index.collection.count() == 0
+    finally:
+        close_client(client)

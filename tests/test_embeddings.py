@@ -37,6 +37,7 @@ from core.embeddings import (
 )
 from core.errors import InputError, ModelLoadError
 from core.search import EmbeddingMap
+from core.tolerance import EPS64, CheckResult, check_close, float64_tolerance
 from tests.fixtures_search import _tiny_lm_master, minilm, tiny_lm  # noqa: F401  (fixtures)
 
 TOPICS = {
@@ -65,6 +66,17 @@ def topic_vectors(minilm):  # noqa: F811
     return minilm.encode(SENTENCES)
 
 
+def assert_passes(check: CheckResult) -> None:
+    assert check.passed, check
+
+
+def encoder_path(n_layer: int, d: int, d_ff: int, n_tokens: int) -> int:
+    """Rounded operations along one pass of a transformer encoder: each layer reduces over the tokens
+    (attention), d twice (projections) and the MLP's width; two batchings of the same text take that
+    whole path with different matrix shapes."""
+    return n_layer * (n_tokens + 2 * d + d_ff)
+
+
 # --- MiniLM ---------------------------------------------------------------------------------------
 
 
@@ -72,8 +84,11 @@ def test_minilm_gives_unit_384d_vectors_deterministically(minilm, topic_vectors)
     assert isinstance(minilm, Embedder)
     assert (minilm.name, minilm.dimension, minilm.max_tokens) == ("all-MiniLM-L6-v2", 384, 256)
     assert topic_vectors.shape == (9, 384) and topic_vectors.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(topic_vectors, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(minilm.encode(SENTENCES[:2]), topic_vectors[:2], atol=1e-5)
+    assert_passes(check_close(np.linalg.norm(topic_vectors, axis=1), np.ones(9), reduction_length=384))
+    # Encoded in a batch of 2 instead of 9 (other padding, other matrix shapes): unit vectors that
+    # agree up to float32 rounding along MiniLM's 6 layers (d = 384, MLP 1536, up to 256 tokens).
+    path = encoder_path(6, 384, 1536, 256)
+    assert_passes(check_close(minilm.encode(SENTENCES[:2]), topic_vectors[:2], path, reference=1.0))
     assert minilm.encode([]).shape == (0, 384)
 
 
@@ -114,16 +129,21 @@ def test_lm_mean_pool_is_the_masked_mean_of_hidden_states(tiny_lm):  # noqa: F81
         ids = torch.tensor([tokenizer(text)["input_ids"]])
         with torch.no_grad():
             hidden = model(ids, output_hidden_states=True).hidden_states[-1][0]  # [T, 32]
-        np.testing.assert_allclose(pooled[row], hidden.mean(0).numpy(), atol=1e-5)
+        # The same pass, batched with padding: rounding along the tiny model's path, then a T-term mean.
+        path = encoder_path(2, 32, 128, ids.shape[1]) + ids.shape[1]
+        assert_passes(check_close(pooled[row], hidden.mean(0).numpy(), path, reference=hidden.numpy()))
 
 
 def test_lm_layer_zero_is_token_plus_position_embeddings(tiny_lm):  # noqa: F811
     model, tokenizer = tiny_lm
     ids = torch.tensor(tokenizer("Embeddings at layer zero")["input_ids"])
     with torch.no_grad():
-        expected = (model.transformer.wte(ids) + model.transformer.wpe(torch.arange(len(ids)))).mean(0)
+        summed = model.transformer.wte(ids) + model.transformer.wpe(torch.arange(len(ids)))  # [T, 32]
+        expected = summed.mean(0)
     got = lm_mean_pool_embeddings(model, tokenizer, ["Embeddings at layer zero"], layer=0, normalize=False)
-    np.testing.assert_allclose(got[0], expected.numpy(), atol=1e-5)
+    # One addition per token, then a mean over the T tokens.
+    n = 1 + len(ids)
+    assert_passes(check_close(got[0], expected.numpy(), n, reference=summed.numpy()))
 
 
 def test_lm_embedder_batches_equal_single_sentences_and_leave_the_tokenizer_alone(tiny_lm):  # noqa: F811
@@ -132,8 +152,8 @@ def test_lm_embedder_batches_equal_single_sentences_and_leave_the_tokenizer_alon
     assert isinstance(embedder, Embedder) and embedder.dimension == 32
     batched = embedder.encode(SENTENCES[:5])
     singles = np.concatenate([embedder.encode([s]) for s in SENTENCES[:5]])
-    np.testing.assert_allclose(batched, singles, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    assert_passes(check_close(batched, singles, encoder_path(2, 32, 128, 32) + 32, reference=1.0))
+    assert_passes(check_close(np.linalg.norm(batched, axis=1), np.ones(5), reduction_length=32))
     assert tokenizer.pad_token is None  # padding was done by hand, not by changing the tokenizer
 
 
@@ -148,8 +168,9 @@ def test_compare_pairs_scores_every_pair_under_every_embedder(minilm, tiny_lm): 
     scores = compare_pairs(embedders, pairs)
     assert [(p.first, p.second) for p in scores] == pairs
     assert all(set(p.scores) == {"MiniLM", "tiny LM"} for p in scores)
-    assert scores[0].scores["MiniLM"] == pytest.approx(1.0, abs=1e-5)
-    assert scores[0].scores["tiny LM"] == pytest.approx(1.0, abs=1e-5)
+    # A sentence against itself: the cosine of a unit vector with itself, a d-term sum.
+    assert_passes(check_close(scores[0].scores["MiniLM"], 1.0, reduction_length=384))
+    assert_passes(check_close(scores[0].scores["tiny LM"], 1.0, reduction_length=32))
     assert scores[1].scores["MiniLM"] > scores[2].scores["MiniLM"]
     with pytest.raises(InputError, match=re.escape("Add at least one sentence pair to compare.")):
         compare_pairs(embedders, [])
@@ -161,9 +182,13 @@ def test_compare_pairs_scores_every_pair_under_every_embedder(minilm, tiny_lm): 
 def test_cosine_matrix_is_symmetric_with_unit_diagonal(topic_vectors):
     sims = cosine_similarity_matrix(topic_vectors)
     assert sims.shape == (9, 9)
-    np.testing.assert_allclose(sims, sims.T, atol=1e-12)
-    np.testing.assert_allclose(np.diag(sims), 1.0, atol=1e-6)
-    assert sims.min() >= -1 and sims.max() <= 1
+    # Float64 dot products of unit rows over d = 384 terms: symmetric, 1 on the diagonal, and the
+    # cosine of every pair computed one at a time.
+    assert_passes(check_close(sims, sims.T, reduction_length=384, reference=1.0, eps=EPS64))
+    assert_passes(check_close(np.diag(sims), np.ones(9), reduction_length=384, eps=EPS64))
+    x = topic_vectors.astype(np.float64)
+    pairwise = [[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in x] for a in x]
+    assert_passes(check_close(sims, pairwise, reduction_length=384, reference=1.0, eps=EPS64))
     # Same-topic sentences are more alike than different-topic ones, on average.
     same = np.equal.outer(TOPIC_OF, TOPIC_OF) & ~np.eye(9, dtype=bool)
     assert sims[same].mean() > sims[~np.equal.outer(TOPIC_OF, TOPIC_OF)].mean() + 0.1
@@ -174,20 +199,28 @@ def test_cosine_matrix_is_symmetric_with_unit_diagonal(topic_vectors):
 def test_pca_matches_the_covariance_eigenvectors_with_fixed_signs(topic_vectors):
     projection = pca_2d(topic_vectors)
     assert projection.coords.shape == (9, 2)
-    np.testing.assert_allclose(projection.coords.mean(0), 0.0, atol=1e-6)
-    np.testing.assert_allclose(projection.components @ projection.components.T, np.eye(2), atol=1e-8)
+    n, d = topic_vectors.shape
+    coords = projection.coords
+    assert_passes(check_close(coords.mean(0), [0.0, 0.0], n * d, reference=coords, eps=EPS64))
+    gram = projection.components @ projection.components.T
+    assert_passes(check_close(gram, np.eye(2), reduction_length=d, eps=EPS64))
     centred = topic_vectors.astype(np.float64) - topic_vectors.mean(0)
     eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred)
     top = eigenvectors[:, ::-1][:, :2].T  # [2, d], largest first
+    # An eigenvector is as precise as rounding of the matrix allows, divided by its eigenvalue's gap.
+    gap = min(eigenvalues[-1] - eigenvalues[-2], eigenvalues[-2] - eigenvalues[-3])
+    tolerance = float64_tolerance(eigenvalues[-1] / gap, reduction_length=n * d)
     for axis in range(2):
-        assert abs(projection.components[axis] @ top[axis]) == pytest.approx(1.0, abs=1e-6)
+        assert abs(abs(projection.components[axis] @ top[axis]) - 1.0) <= tolerance
         assert projection.components[axis][np.argmax(np.abs(projection.components[axis]))] > 0
     evr = projection.explained_variance_ratio
     assert 1 >= evr[0] >= evr[1] > 0
     assert evr[0] == pytest.approx(eigenvalues[-1] / eigenvalues.sum(), rel=1e-6)
-    np.testing.assert_allclose(projection.project(topic_vectors), projection.coords, atol=1e-9)
+    assert_passes(check_close(projection.project(topic_vectors), coords, d, reference=coords, eps=EPS64))
     # Flipping the data flips the map, never the axes: the sign rule makes it reproducible.
-    np.testing.assert_allclose(pca_2d(-topic_vectors).coords, -projection.coords, atol=1e-6)
+    flipped = pca_2d(-topic_vectors).coords
+    reference = np.abs(coords).max() * eigenvalues[-1] / gap  # coords move with the eigenvectors
+    assert_passes(check_close(flipped, -coords, n * d, reference=reference, eps=EPS64))
 
 
 def test_pca_of_one_point_and_of_a_line():
@@ -267,7 +300,8 @@ def test_heatmap_spec_has_a_cell_and_a_label_per_pair(topic_vectors):
     assert [layer["mark"]["type"] for layer in spec["layer"]] == ["rect", "text"]
     values = next(iter(spec["datasets"].values()))
     assert len(values) == 9
-    assert [v["similarity"] for v in values if v["row"] == v["col"]] == pytest.approx([1.0] * 3, abs=1e-6)
+    diagonal = [v["similarity"] for v in values if v["row"] == v["col"]]
+    assert_passes(check_close(diagonal, np.ones(3), reduction_length=384, eps=EPS64))
     with pytest.raises(
         InputError, match=re.escape("The similarity matrix is (3, 3) but there are 2 labels.")
     ):

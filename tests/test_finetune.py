@@ -8,9 +8,13 @@ import json
 import math
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,10 +31,11 @@ from core.finetune import (
     prepare_data,
 )
 from core.finetune_arch import apply_freezing, layer_groups, model_parts
-from core.finetune_checkpoints import list_checkpoints, load_checkpoint
+from core.finetune_checkpoints import check_name, list_checkpoints, load_checkpoint
 from core.finetune_compare import (
     attention_change,
     compare_logit_lens,
+    compare_models,
     compare_next_token,
     logit_lens,
     next_token_probs,
@@ -88,6 +93,15 @@ def model(request, _gpt2_master, _llama_master):
     return copy.deepcopy(_gpt2_master if request.param == "gpt2" else _llama_master)
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(_gpt2_master, tok, tmp_path_factory):
+    """The tiny GPT-2 saved as a model folder named "tiny-gpt2" (for the command line)."""
+    path = tmp_path_factory.mktemp("models") / "tiny-gpt2"
+    _gpt2_master.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def ckroot(tmp_path):
     return tmp_path / "checkpoints"
@@ -108,6 +122,12 @@ def _params(model):
 def _logits(model, ids):
     with torch.no_grad():
         return model.eval()(input_ids=ids).logits
+
+
+def _loaded(model, tok):
+    """What `core.models.load_model` hands out, for a model built in memory."""
+    info = SimpleNamespace(name="tiny GPT-2", spec="tiny-spec", source="/models/tiny", identity="dir:1234")
+    return SimpleNamespace(model=model, tokenizer=tok, info=info)
 
 
 # --------------------------------------------------------------------------- settings
@@ -166,6 +186,16 @@ def test_default_settings_are_valid():
         (
             {"checkpoint_every": -1},
             "checkpoint_every=-1 must be a whole number from 0 to 100000 (0 saves only at the end)",
+        ),
+        (
+            {"diverge_nats": -1.0},
+            "diverge_nats=-1.0 must be a positive number of nats like 3.0, or 0 to never stop a run "
+            "for a rising loss",
+        ),
+        (
+            {"diverge_window": 0},
+            "diverge_window=0 must be a whole number from 1 to 1000 (steps averaged before comparing "
+            "with the starting loss)",
         ),
     ],
 )
@@ -350,6 +380,56 @@ def test_adam_state_matches_torch_adamw(gpt2, tok):
         run.token_embedding_grad(50257)
 
 
+def test_adam_rows_shown_are_bias_corrected_and_give_the_real_update(gpt2, tok):
+    """The rows the page shows as m̂ and √v̂ are what their labels say, and the update computed from
+    them is the change torch's AdamW really made to the weights (decoupled weight decay included)."""
+    token = tok.encode(" fox")[0]
+    name = "transformer.wte.weight"
+    weights = [gpt2.transformer.wte.weight[token].detach().double().numpy().copy()]
+    grads, states = [], []
+
+    def record(step):
+        weights.append(gpt2.transformer.wte.weight[token].detach().double().numpy().copy())
+        grads.append(run.token_embedding_grad(token).astype(np.float64))
+        states.append(run.adam_state(name, row=token))
+
+    run = _run(gpt2, tok, lr=1e-3, steps=3, weight_decay=0.1)
+    run.run(on_step=record)
+
+    eps32 = float(np.finfo(np.float32).eps)
+    for t, state in enumerate(states, start=1):
+        labels, rows = state.display_rows()
+        assert labels == [
+            "m̂ = m/(1−β₁ᵗ): bias-corrected mean of g",
+            "√v̂ = √(v/(1−β₂ᵗ)): bias-corrected RMS of g",
+            "update Δw = −lr·m̂/(√v̂+ε) − lr·λ·w",
+        ]
+        m_hat, rms, update = rows.astype(np.float64)  # [3, d_model] as shown
+        seen = np.stack(grads[:t])  # [t, d_model] the gradients AdamW has used so far
+        # m̂ and √v̂ are weighted averages of the gradients seen (weights summing to 1), so each lies
+        # within the range of its own gradients: the raw buffers m and √v do not (they start at 0).
+        slack = 4 * eps32 * np.abs(seen).max(axis=0)
+        assert np.all(m_hat >= seen.min(axis=0) - slack) and np.all(m_hat <= seen.max(axis=0) + slack)
+        assert np.all(rms >= np.abs(seen).min(axis=0) - slack)
+        assert np.all(rms <= np.abs(seen).max(axis=0) + slack)
+        np.testing.assert_allclose(m_hat, state.exp_avg / (1 - state.beta1**t), rtol=4 * eps32)
+        np.testing.assert_allclose(rms, np.sqrt(state.exp_avg_sq / (1 - state.beta2**t)), rtol=4 * eps32)
+
+        # The update from the rows shown, w ← w·(1 − lr·λ) − lr·m̂/(√v̂+ε), is the update shown …
+        w_before, w_after = weights[t - 1], weights[t]
+        from_rows = -state.lr * m_hat / (rms + state.eps) - state.lr * state.weight_decay * w_before
+        # … and the weights' real change. float32 rounding of the weights, of the rows shown and of
+        # torch's own arithmetic: a few eps of the weight and of the update.
+        tol = 4 * eps32 * (np.abs(w_before) + np.abs(update))
+        assert np.all(np.abs(from_rows - update) <= tol)
+        assert np.all(np.abs((w_after - w_before) - update) <= tol)
+        assert np.abs(update).max() > 100 * tol.max()  # the check is far finer than the update itself
+    # Without weight decay the label has no decay term.
+    plain = _run(copy.deepcopy(gpt2), tok, lr=1e-3, steps=1)
+    plain.run()
+    assert plain.adam_state(name, row=token).display_rows()[0][2] == "update Δw = −lr·m̂/(√v̂+ε)"
+
+
 def test_stop_and_resume_equals_an_uninterrupted_run(_gpt2_master, tok):
     # 13 sequences, 4 a batch: 4 batches an epoch, so the run stops mid-epoch and resumes across one.
     # Dropout is on: the RNG must be resumed too.
@@ -375,7 +455,8 @@ def test_stop_and_resume_equals_an_uninterrupted_run(_gpt2_master, tok):
     assert [s.eval_loss for s in parted.history] == [s.eval_loss for s in whole.history]
     for (name, a), b in zip(model.named_parameters(), whole.model.parameters(), strict=True):
         assert torch.equal(a, b), name
-    assert parted.run().status == "finished"  # nothing left to do
+    again = parted.run()  # nothing left to do: no step is taken
+    assert (again.status, again.step, len(parted.history)) == ("finished", 6, 6)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -449,11 +530,130 @@ def test_a_crash_between_the_renames_restores_the_previous_checkpoint(gpt2, tok,
     assert [(c.name, c.steps) for c in list_checkpoints(ckroot)] == [("swap", 2)]
 
 
-def test_from_loaded_trains_a_copy_and_checkpoints_can_be_deleted(_gpt2_master, tok, ckroot):
-    from types import SimpleNamespace
+# A child process that saves checkpoint "fox" and is killed with SIGKILL at one point of the save.
+# argv: phase, checkpoints folder, model folder. It prints the phase's marker, then hangs until killed.
+_SAVE_AND_HANG = """
+import os, shutil, sys, time
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+import core.finetune_checkpoints as ckpt
+from core.models import gpt2_tokenizer
 
+phase, root, model_dir = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+model = AutoModelForCausalLM.from_pretrained(model_dir)
+
+def hang(marker):
+    print(marker, flush=True)
+    time.sleep(600)
+
+if phase == "writing":  # the new checkpoint is half written into its scratch folder
+    write_json = ckpt._write_json
+    def slow_write(path, payload):
+        write_json(path, payload)
+        hang("WRITING")
+    ckpt._write_json = slow_write
+elif phase == "renaming":  # the old checkpoint has stepped aside; the new one is not in place yet
+    replace = os.replace
+    def slow_replace(src, dst):
+        replace(src, dst)
+        if Path(src) == root / "fox":
+            hang("RETIRED")
+    ckpt.os.replace = slow_replace
+elif phase == "retiring":  # the new one is in place; the old one is half deleted
+    rmtree = shutil.rmtree
+    def slow_rmtree(path, *args, **kwargs):
+        path = Path(path)
+        if path.name.startswith(".fox.") and ".tmp-" not in path.name:
+            (path / "tokenizer.json").unlink()
+            hang("DELETING")
+        rmtree(path, *args, **kwargs)
+    ckpt.shutil.rmtree = slow_rmtree
+ckpt.save_checkpoint(
+    model, gpt2_tokenizer(), "fox", {"base_model": "tiny", "steps": 2, "final_loss": 1.0}, [], root=root
+)
+print("SAVED", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("phase", "marker", "survivor"),
+    [("writing", "WRITING", "old"), ("renaming", "RETIRED", "old"), ("retiring", "DELETING", "new")],
+)
+def test_leftovers_of_a_killed_save_are_cleaned_up(
+    _gpt2_master, tok, ckroot, tmp_path, caplog, phase, marker, survivor
+):
+    old = _gpt2_master
+    ckpt.save_checkpoint(old, tok, "fox", {"base_model": "tiny", "steps": 1, "final_loss": 2.0}, [], ckroot)
+    new = copy.deepcopy(old)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(0.01)
+    new.save_pretrained(tmp_path / "new")
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", _SAVE_AND_HANG, phase, str(ckroot), str(tmp_path / "new")]
+    errors = tmp_path / "child.err"  # a file, not a pipe: a full pipe would stall the child
+    with errors.open("wb") as stderr:
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr)
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], 120)
+        said = child.stdout.readline().decode().strip() if ready else "(nothing within 120 s)"
+        assert said == marker, errors.read_text() if said == "" else said
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    leftovers = sorted(p.name for p in ckroot.iterdir() if p.name.startswith(".fox."))
+    assert leftovers, "the kill should have left a scratch folder behind"
+
+    with caplog.at_level("INFO", logger="core.finetune_checkpoints"):
+        [info] = list_checkpoints(ckroot)  # the first listing cleans up
+    assert sorted(p.name for p in ckroot.iterdir()) == ["fox"]
+    for name in leftovers:
+        assert name in caplog.text  # every removal (or restore) is logged by name
+    assert info.steps == (2 if survivor == "new" else 1)
+    ids = torch.tensor([tok.encode("The lazy dog")])
+    expected = _logits(new if survivor == "new" else old, ids)
+    torch.testing.assert_close(_logits(load_checkpoint("fox", root=ckroot).model, ids), expected)
+
+
+def test_listing_during_a_save_leaves_the_save_alone(gpt2, tok, ckroot, monkeypatch):
+    """The page lists checkpoints while the training thread saves: the cleanup must not take the
+    save's scratch folders for leftovers."""
+    ckpt.save_checkpoint(gpt2, tok, "fox", {"base_model": "tiny", "steps": 1}, [], ckroot)
+    retired, go_on = threading.Event(), threading.Event()
+    replace = os.replace
+
+    def pausing_replace(src, dst):
+        replace(src, dst)
+        if Path(src) == ckroot / "fox":
+            retired.set()
+            go_on.wait(60)
+
+    monkeypatch.setattr(ckpt.os, "replace", pausing_replace)
+    saved = []
+    saver = threading.Thread(
+        target=lambda: saved.append(
+            ckpt.save_checkpoint(gpt2, tok, "fox", {"base_model": "tiny", "steps": 2}, [], ckroot)
+        )
+    )
+    saver.start()
+    try:
+        assert retired.wait(60)
+        scratch = sorted(p.name for p in ckroot.iterdir())
+        assert list_checkpoints(ckroot) == []  # mid-swap: neither folder is a listed checkpoint …
+        assert sorted(p.name for p in ckroot.iterdir()) == scratch  # … and neither was touched
+    finally:
+        go_on.set()
+        saver.join(60)
+    assert [s.steps for s in saved] == [2]
+    assert [p.name for p in ckroot.iterdir()] == ["fox"] and list_checkpoints(ckroot)[0].steps == 2
+
+
+def test_from_loaded_trains_a_copy_and_checkpoints_can_be_deleted(_gpt2_master, tok, ckroot):
     original = _params(_gpt2_master)
-    loaded = SimpleNamespace(model=_gpt2_master, tokenizer=tok, info=SimpleNamespace(name="tiny GPT-2"))
+    loaded = _loaded(_gpt2_master, tok)
     config = TrainConfig(**{**FAST, "steps": 1})
     run = FineTuneRun.from_loaded(
         loaded, prepare_data(TEXT, tok, config), config, checkpoint_name="copy", checkpoint_root=ckroot
@@ -471,6 +671,10 @@ def test_from_loaded_trains_a_copy_and_checkpoints_can_be_deleted(_gpt2_master, 
 def test_bad_checkpoint_names_and_missing_checkpoints(gpt2, tok, ckroot):
     with pytest.raises(InputError, match=re.escape("Checkpoint name '../x' cannot be used")):
         _run(gpt2, tok, root=ckroot, name="../x")
+    # "$" in a pattern also matches before a final newline; a name must match as a whole.
+    with pytest.raises(InputError, match=re.escape("Checkpoint name 'notes\\n' cannot be used")):
+        check_name("notes\n")
+    assert check_name("notes") == "notes"
     with pytest.raises(Exception, match=re.escape("No complete checkpoint at")):
         load_checkpoint("missing", root=ckroot)
 
@@ -533,7 +737,142 @@ def test_infinite_gradients_also_stop_the_run(gpt2, tok):
     assert run.step == 1 and all(torch.equal(p, after_one[n]) for n, p in gpt2.named_parameters())
 
 
+def _save_good_checkpoint(master, tok, root, name="fox"):
+    good = _run(copy.deepcopy(master), tok, steps=2, root=root, name=name)
+    good.run()
+    files = {p.name: p.stat().st_mtime_ns for p in (root / name).iterdir()}
+    return good, files
+
+
+def _window_means(losses, window):
+    """Mean of the last `window` losses at every step (fewer at the start)."""
+    return [float(np.mean(losses[max(0, k + 1 - window) : k + 1])) for k in range(len(losses))]
+
+
+def test_a_diverging_run_is_stopped_and_never_replaces_a_good_checkpoint(_gpt2_master, tok, ckroot):
+    good, files = _save_good_checkpoint(_gpt2_master, tok, ckroot)
+    ids = torch.tensor([tok.encode("The quick brown fox")])
+    good_logits = _logits(good.model, ids)
+
+    # lr 1.0 takes the tiny GPT-2's loss from ln(50257) ≈ 10.8 to tens of nats without a NaN.
+    base = copy.deepcopy(_gpt2_master)
+    wild = _run(copy.deepcopy(_gpt2_master), tok, lr=1.0, steps=30, root=ckroot, name="fox")
+    history = []
+    with pytest.raises(TrainingDivergedError) as caught:
+        wild.run(on_step=history.append)
+    losses = [s.loss for s in history]
+    assert all(math.isfinite(x) for x in losses)  # no NaN: only the loss rule can catch this run
+    cfg = wild.config
+    # The starting loss: the untouched model's mean loss on sequences spread over the whole text.
+    rows = wild.start_rows
+    assert rows.shape == (cfg.diverge_window * cfg.batch_size, cfg.seq_len)
+    assert torch.equal(rows[0], wild.data.train[0]) and torch.equal(rows[-1], wild.data.train[-1])
+    with torch.no_grad():
+        expected_start = float(base.eval()(input_ids=rows, labels=rows).loss)
+    assert wild.start_loss == pytest.approx(expected_start, rel=1e-5)
+    means = _window_means(losses, cfg.diverge_window)
+    start, step = wild.start_loss, len(losses)
+    # Stopped at the first step where the rule holds, and for that reason.
+    assert [m > start + cfg.diverge_nats for m in means] == [False] * (step - 1) + [True]
+    assert str(caught.value) == (
+        f"Training diverged at step {step}: the mean training loss of the last "
+        f"{min(step, cfg.diverge_window)} steps is {means[-1]:.2f} nats, more than "
+        f"{cfg.diverge_nats:g} nats above the starting loss {start:.2f}. The run was stopped and this "
+        "model was not saved. The checkpoint 'fox' already on disk was left as it was. Lower the "
+        "learning rate (this step used 1) and start a new run."
+    )
+    assert caught.value.step == step and caught.value.checkpoint is None
+    assert wild.status == "diverged" and wild.step == step < cfg.steps
+
+    # The good checkpoint under that name is untouched, file for file.
+    assert {p.name: p.stat().st_mtime_ns for p in (ckroot / "fox").iterdir()} == files
+    [info] = list_checkpoints(ckroot)
+    assert info.steps == 2
+    torch.testing.assert_close(_logits(load_checkpoint("fox", root=ckroot).model, ids), good_logits)
+    with pytest.raises(InputError, match="This run diverged and cannot continue"):
+        wild.run()
+
+    # Saving it needs asking.
+    with pytest.raises(
+        InputError,
+        match=re.escape(
+            f"This run diverged at step {step}: its model is not saved unless you ask for it (save anyway)."
+        ),
+    ):
+        wild.save_checkpoint()
+    saved = wild.save_checkpoint(allow_diverged=True)
+    assert saved.steps == step
+    assert load_checkpoint("fox", root=ckroot).settings["diverged"] is True
+
+
+def test_a_model_ruined_by_its_last_update_is_not_saved(_gpt2_master, tok, ckroot):
+    """The loss of a step is measured before its update, so the last update is checked before the
+    save: with the saved model's loss as one more point, the same rule must hold."""
+    good, files = _save_good_checkpoint(_gpt2_master, tok, ckroot)
+    wild = _run(copy.deepcopy(_gpt2_master), tok, lr=1.0, steps=1, root=ckroot, name="fox")
+    with pytest.raises(TrainingDivergedError) as caught:
+        wild.run()
+    [only] = wild.history
+    with torch.no_grad():
+        batch = wild.last_batch
+        after = float(wild.model.eval()(input_ids=batch, labels=batch).loss)
+    assert caught.value.probe_loss == pytest.approx(after, rel=1e-5)
+    mean = (only.loss + caught.value.probe_loss) / 2
+    assert mean > wild.start_loss + 3 >= only.loss  # the step's own loss was fine; its update was not
+    assert str(caught.value) == (
+        f"Training diverged at step 1: after its update the model's loss on that step's batch is "
+        f"{caught.value.probe_loss:.2f} nats, which brings the mean of the last 2 losses to "
+        f"{mean:.2f} nats, more than 3 nats above the starting loss {wild.start_loss:.2f}. The run "
+        "was stopped and this model was not saved. The checkpoint 'fox' already on disk was left as it "
+        "was. Lower the learning rate (this step used 1) and start a new run."
+    )
+    assert wild.status == "diverged" and wild.step == 1
+    assert {p.name: p.stat().st_mtime_ns for p in (ckroot / "fox").iterdir()} == files
+
+
+@pytest.mark.parametrize("lr", [1e-2, 0.3])
+def test_a_normal_run_is_not_flagged(model, tok, ckroot, lr):
+    """Steady learning (1e-2) and a bumpy but converging run (0.3) both finish and save."""
+    run = _run(model, tok, lr=lr, steps=12, root=ckroot, name="fine", checkpoint_every=6)
+    result = run.run()
+    assert (result.status, result.step, run.status) == ("finished", 12, "finished")
+    assert [c.steps for c in list_checkpoints(ckroot)] == [12]
+    assert load_checkpoint("fine", root=ckroot).settings["diverged"] is False
+
+
 # --------------------------------------------------------------------------- before / after
+
+
+def test_before_after_compares_the_runs_own_base_whatever_is_loaded(_gpt2_master, tok, ckroot):
+    """After the user opens the new checkpoint, "before" is still the model the run started from."""
+    original = _params(_gpt2_master)
+    config = TrainConfig(**{**FAST, "steps": 3})
+    run = FineTuneRun.from_loaded(
+        _loaded(_gpt2_master, tok),
+        prepare_data(TEXT, tok, config),
+        config,
+        checkpoint_name="ft",
+        checkpoint_root=ckroot,
+    )
+    run.run()
+    assert run.base is _gpt2_master  # kept with the run, untouched by training
+    assert all(torch.equal(p, original[n]) for n, p in run.base.named_parameters())
+    base = {"name": "tiny GPT-2", "spec": "tiny-spec", "source": "/models/tiny", "identity": "dir:1234"}
+    assert (run.base_info.name, run.base_info.spec, run.base_info.source) == (
+        base["name"],
+        base["spec"],
+        base["source"],
+    )
+    now_loaded = load_checkpoint("ft", root=ckroot)  # what the sidebar holds after opening it
+    assert now_loaded.settings["base"] == base  # the checkpoint says what it was trained from
+
+    prompt = "The quick brown"
+    result = compare_models(run.base, now_loaded.model, run.tokenizer, prompt)
+    direct = compare_next_token(_gpt2_master, run.model, tok, prompt)
+    assert result.next_token.kl_after_before > 0
+    assert result.next_token.kl_after_before == pytest.approx(direct.kl_after_before, rel=1e-4)
+    assert np.all(result.drift.relative > 0) and result.attention.mean_abs_delta.max() > 0
+    assert result.lens.before.top_tokens == logit_lens(_gpt2_master, tok, prompt).top_tokens
 
 
 def test_before_after_views(_gpt2_master, tok):
@@ -602,10 +941,20 @@ def test_chart_specs(_gpt2_master, tok):
     drift = drift_chart(weight_drift(_gpt2_master, after)).to_dict()
     assert drift["mark"]["type"] == "bar" and drift["encoding"]["y"]["field"] == "relative_change"
     prompt = "The quick brown"
-    next_token_chart(compare_next_token(_gpt2_master, after, tok, prompt)).to_dict()
+    cmp = compare_next_token(_gpt2_master, after, tok, prompt)
+    bars = next(iter(next_token_chart(cmp).to_dict()["datasets"].values()))
+    assert [(b["token"], b["model"]) for b in bars] == [
+        (repr(t.token), model) for t in cmp.top for model in ("before", "after")
+    ]
+    assert [b["p"] for b in bars] == pytest.approx([p for t in cmp.top for p in (t.p_before, t.p_after)])
     heat = attention_change_chart(attention_change(_gpt2_master, after, tok, prompt)).to_dict()
     assert heat["mark"]["type"] == "rect" and len(next(iter(heat["datasets"].values()))) == 4
-    logit_lens_chart(compare_logit_lens(_gpt2_master, after, tok, prompt, " fox")).to_dict()
+    lens = compare_logit_lens(_gpt2_master, after, tok, prompt, " fox")
+    points = next(iter(logit_lens_chart(lens).to_dict()["datasets"].values()))
+    for model, one in (("before", lens.before), ("after", lens.after)):
+        mine = [pt for pt in points if pt["model"] == model]
+        assert [pt["layer"] for pt in mine] == one.layers
+        assert [pt["p"] for pt in mine] == pytest.approx(one.target_probs.tolist())
 
 
 # --------------------------------------------------------------------------- command line
@@ -623,10 +972,8 @@ def test_cli_reports_unreadable_text(tmp_path, caplog):
     assert code == 1 and "Cannot read" in caplog.text
 
 
-def test_cli_trains_and_saves_a_checkpoint(_gpt2_master, tok, tmp_path):
-    model_dir = tmp_path / "tiny-gpt2"
-    _gpt2_master.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+def test_cli_trains_and_saves_a_checkpoint(tiny_dir, tmp_path):
+    model_dir = tiny_dir
     text_file = tmp_path / "fox.txt"
     text_file.write_text(TEXT, encoding="utf-8")
     data_dir = tmp_path / "data"
@@ -648,3 +995,22 @@ def test_cli_trains_and_saves_a_checkpoint(_gpt2_master, tok, tmp_path):
     assert (info.name, info.steps, info.base_model) == ("cli-fox", 3, "tiny-gpt2")
     history = json.loads((info.path / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3] and history[-1]["loss"] < history[0]["loss"]
+
+
+def test_cli_stops_a_diverging_run_and_saves_it_only_when_asked(tiny_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(tmp_path / "data"))
+    text_file = tmp_path / "fox.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    command = ["--model", str(tiny_dir), "--text-file", str(text_file), "--out", "wild", "--cpu"]
+    command += ["--steps", "30", "--batch-size", "2", "--seq-len", "16", "--lr", "1.0"]
+    with caplog.at_level("INFO"):
+        assert main(command) == 1
+    assert "error: Training diverged at step" in caplog.text
+    assert "Pass --save-diverged to save it anyway." in caplog.text
+    assert list_checkpoints(tmp_path / "data" / "checkpoints") == []
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main([*command, "--save-diverged"]) == 1  # still a failed run, but its model is kept
+    [info] = list_checkpoints(tmp_path / "data" / "checkpoints")
+    assert f"saved the diverged model anyway: {info.path}" in caplog.text
+    assert load_checkpoint(info.path).settings["diverged"] is True

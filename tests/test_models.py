@@ -134,6 +134,8 @@ def test_gpt2_from_local_hf_cache_and_auto_prefers_it(tmp_path, tiny_gpt2_dir):
     auto = _load_in_subprocess(env, "auto")
     assert (auto["spec"], auto["family"], auto["n_layer"]) == ("auto", "gpt2", 2)
     assert auto["reason"] == "GPT-2 found — the model the stations were written for."
+    # Both name the cached snapshot's files, so a newer download is a new identity (tests/test_state.py).
+    assert named["identity"].startswith("hub:dir:") and auto["identity"] == named["identity"]
 
 
 @pytest.mark.slow

@@ -6,12 +6,15 @@ cached Chroma client by the resolved store path for exactly this reason."""
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.search import CHROMA_HOST_ENV, CHROMA_PORT_ENV
+from tests.fixtures_search import kill_during_upload, long_text
 from tests.test_pages import TIMEOUT, app_test, assert_clean, metrics
 from ui import search_state
 from ui.stations import STATIONS
@@ -395,3 +398,98 @@ def test_an_unreachable_chroma_server_is_a_message(tiny_gpt2_dir, data_dir, monk
     assert not at.exception
     [message] = errors(at)
     assert message.startswith("Could not reach the Chroma server at 127.0.0.1:")
+
+
+# ---------------------------------------------------------------- odd uploads, odd names, stopped uploads
+
+
+def test_the_uploader_allows_what_core_and_the_server_allow(tiny_gpt2_dir, data_dir):
+    from core.documents import MAX_UPLOAD_MB
+
+    at = app_test(SEARCH, str(tiny_gpt2_dir)).run()
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert at.file_uploader(key="search_files").proto.max_upload_size_mb == MAX_UPLOAD_MB
+    assert config["server"]["maxUploadSize"] == MAX_UPLOAD_MB
+
+
+def test_file_names_streamlit_would_refuse_are_messages(tiny_gpt2_dir, data_dir):
+    at = app_test(SEARCH, str(tiny_gpt2_dir)).run()
+    files = [
+        ("a\x00b.txt", b"Hidden by a NUL byte.", "text/plain"),
+        ("prog.exe", b"MZ", "application/octet-stream"),
+        *corpus("tides.txt"),
+    ]
+    at.file_uploader(key="search_files").set_value(files).run()
+    assert not at.exception
+    expected = [
+        "'a\\x00b.txt' has control characters in its name; rename the file and upload it again.",
+        "'prog.exe' has an unsupported type (.exe); upload one of: .txt, .md, .markdown, .pdf, .docx, "
+        ".html, .htm.",
+    ]
+    assert errors(at) == expected
+    upload_and_index(at, files)
+    assert not at.exception and errors(at) == expected
+    assert documents_table(at)["name"].tolist() == ["tides.txt"]
+
+
+def test_collection_names_chroma_refuses_keep_the_page_working(tiny_gpt2_dir, data_dir):
+    at = app_test(SEARCH, str(tiny_gpt2_dir)).run()
+    for name, reason in [
+        ("a..b", "it must not contain '..'."),
+        ("192.168.1.1", "it must not be an IP address."),
+    ]:
+        at.text_input(key="search_new_collection").input(name).run()
+        assert not at.exception
+        assert errors(at) == [f"collection '{name}' is not a valid Chroma name: {reason}"]
+        assert at.session_state[search_state.COLLECTION] == "documents"
+
+    stale = app_test(SEARCH, str(tiny_gpt2_dir))
+    stale.session_state[search_state.COLLECTION] = "a..b"  # a session holding a name from elsewhere
+    stale.run()
+    assert not stale.exception
+    assert errors(stale) == ["collection 'a..b' is not a valid Chroma name: it must not contain '..'."]
+    assert "Using the 'documents' collection instead." in [i.value for i in stale.info]
+    upload_and_index(stale, corpus("tides.txt"))  # the page keeps working
+    assert_clean(stale)
+    assert documents_table(stale)["name"].tolist() == ["tides.txt"]
+
+
+def test_an_upload_killed_mid_way_is_removed_and_the_user_told(tiny_gpt2_dir, data_dir):
+    killed = kill_during_upload("documents", path=data_dir / "chroma")
+    at = app_test(SEARCH, str(tiny_gpt2_dir)).run()
+    assert_clean(at)
+    [warning] = [w.value for w in at.warning]
+    stored = re.fullmatch(
+        re.escape("Removed an incomplete upload of 'long.txt' (")
+        + r"(\d+)"
+        + re.escape(
+            f" of {killed.total} chunks had been stored when indexing stopped); upload it again to index it."
+        ),
+        warning,
+    )
+    assert stored is not None, warning
+    assert killed.done <= int(stored.group(1)) < killed.total
+    assert documents_table(at)["name"].tolist() == ["safe.txt"]
+    at.run()
+    assert not at.warning  # told once
+
+    at.text_area(key="search_paste").input(long_text())
+    at.text_input(key="search_paste_name").input("long.txt")
+    at.slider(key="search_chunk_tokens").set_value(32).run()
+    at.button(key="search_index_go").click().run()
+    assert_clean(at)
+    table = documents_table(at).set_index("name")["chunks"]
+    assert table.to_dict() == {"long.txt": killed.total, "safe.txt": 1}
+
+
+def test_indexing_stopped_by_a_change_on_the_page_is_reported(tiny_gpt2_dir, data_dir):
+    at = app_test(SEARCH, str(tiny_gpt2_dir))
+    at.session_state[search_state.INDEXING] = ["long.txt"]  # what a run stopped mid-indexing leaves
+    at.run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == [
+        "Indexing 'long.txt' stopped because the page changed while it ran; nothing from it was kept. "
+        "Index again and leave the page as it is until it finishes."
+    ]
+    at.run()
+    assert not at.warning

@@ -34,14 +34,18 @@ from core.search import (
     store_location,
 )
 from tests.fixtures_search import (  # noqa: F401  (fixtures)
+    KILLED_NAME,
     chroma_client,
     chroma_server,
+    client_for,
     collection_name,
     corpus_files,
     corpus_index,
     corpus_questions,
     free_port,
     fresh_index,
+    kill_during_upload,
+    long_text,
     minilm,
 )
 
@@ -167,14 +171,40 @@ def test_progress_reports_chunks_batch_by_batch(chroma_client, minilm, collectio
     settings = IndexSettings(collection=collection_name, batch_size=4, chunk=ChunkSettings(max_tokens=32))
     index = DocumentIndex(chroma_client, minilm, settings)
     docs = [parse_file(name, data) for name, data in corpus_files()[:3]]
-    progress: list[tuple[int, int]] = []
-    report = index.add_documents(docs, on_progress=lambda done, total: progress.append((done, total)))
+    progress = []
+    report = index.add_documents(docs, on_progress=progress.append)
     total = report.n_chunks
     assert total == index.count() > 8
-    assert progress[0] == (0, total) and progress[-1] == (total, total)
-    assert [done for done, _ in progress] == sorted({done for done, _ in progress})
-    assert all(b - a <= 4 for (a, _), (b, _) in zip(progress, progress[1:], strict=False))
+    assert {p.total for p in progress} == {total}
+    assert (progress[0].done, progress[-1].done) == (0, total)
+    assert [p.done for p in progress] == sorted({p.done for p in progress})
+    assert all(b.done - a.done <= 4 for a, b in zip(progress, progress[1:], strict=False))
     assert len(progress) == 1 + -(-total // 4)
+    # The time left is the rate so far, in tokens, applied to the tokens still to embed.
+    tokens = sum(c.n_tokens for doc in docs for c in index.chunker.chunk(doc))
+    assert {p.tokens_total for p in progress} == {tokens}
+    assert progress[0].eta_s is None and progress[-1].eta_s == 0.0
+    assert progress[-1].describe() == f"Embedded {total} of {total} chunks"
+    for p in progress[1:-1]:
+        assert 0 < p.tokens_done < tokens and p.elapsed_s > 0
+        assert p.eta_s == pytest.approx(p.elapsed_s * (tokens - p.tokens_done) / p.tokens_done, rel=1e-12)
+        assert p.describe().startswith(f"Embedded {p.done} of {total} chunks · about ")
+    assert [p.elapsed_s for p in progress] == sorted(p.elapsed_s for p in progress)
+
+
+def test_time_left_reads_in_seconds_minutes_and_hours():
+    from core.search import IndexProgress
+
+    def line(eta_s: float) -> str:  # 100 of 400 tokens took `eta_s / 3` seconds: 3 times that is left
+        return IndexProgress(10, 40, 100, 400, elapsed_s=eta_s / 3).describe()
+
+    assert line(40.4) == "Embedded 10 of 40 chunks · about 40 s left"
+    assert line(0.2) == "Embedded 10 of 40 chunks · about 1 s left"
+    assert line(375) == "Embedded 10 of 40 chunks · about 6 min 15 s left"
+    assert line(7500) == "Embedded 10 of 40 chunks · about 2 h 5 min left"
+    assert IndexProgress(0, 3812, 0, 9000, 0.0).describe() == (
+        "Embedded 0 of 3,812 chunks · estimating the time left…"
+    )
 
 
 def test_deleting_a_document_removes_only_its_chunks(fresh_index):  # noqa: F811
@@ -295,6 +325,170 @@ def test_a_failure_half_way_rolls_back_that_upload(fresh_index, minilm):  # noqa
     assert index.count() == 1
 
 
+def raw_chunks(index: DocumentIndex, **where) -> list[str]:
+    """Ids of every chunk Chroma holds (pending or not), optionally filtered by metadata."""
+    return index.collection.get(where=where or None, include=[])["ids"]
+
+
+def test_an_upload_is_invisible_until_every_chunk_is_stored(chroma_client, minilm, collection_name):  # noqa: F811
+    settings = IndexSettings(collection=collection_name, batch_size=4, chunk=ChunkSettings(max_tokens=32))
+    index = DocumentIndex(chroma_client, minilm, settings)
+    safe = small_doc("safe.txt", "Bees dance to show the hive where the flowers are.")
+    index.add_documents([safe])
+    long = parse_text(long_text(40), name=KILLED_NAME)
+    seen_midway = []
+
+    def look(progress) -> None:  # what every reader sees while the upload is half stored
+        if not 0 < progress.done < progress.total or seen_midway:
+            return
+        other = DocumentIndex(chroma_client, minilm, settings)  # opening removes dead uploads only
+        assert other.removed_incomplete == [] and len(raw_chunks(index, complete=False)) == progress.done
+        assert other.uploads_in_progress() == 1
+        for reader in (index, other):
+            assert [d.name for d in reader.list_documents()] == ["safe.txt"]
+            assert reader.count() == 1 and not reader.has_document(long.content_hash)
+            hits = reader.search(long.text[:200], k=50).hits
+            assert [h.doc_name for h in hits] == ["safe.txt"]
+            assert reader.chunk_vectors().doc_names == ["safe.txt"]
+            assert reader.embedding_map().n_total == 1
+            with pytest.raises(InputError, match=re.escape("No indexed document has hash")):
+                reader.document_chunks(long.content_hash)
+            with pytest.raises(InputError, match=re.escape("No indexed document has hash")):
+                reader.delete_document(long.content_hash)
+        again = other.add_documents([parse_text(long.text, name="copy.txt")])
+        assert (again.added, again.duplicates, again.in_progress) == ([], [], ["copy.txt"])
+        seen_midway.append(progress.done)
+
+    report = index.add_documents([long], on_progress=look)
+    assert seen_midway and report.in_progress == [] and index.uploads_in_progress() == 0
+    n_chunks = len(index.chunker.chunk(long))
+    assert [(d.name, d.n_chunks) for d in index.list_documents()] == [("long.txt", n_chunks), ("safe.txt", 1)]
+    assert index.count() == n_chunks + 1 and raw_chunks(index, complete=False) == []
+    assert index.add_documents([long]).duplicates[0].existing_name == "long.txt"
+
+
+@pytest.mark.parametrize("interruption", ["streamlit-stop", "streamlit-rerun", "keyboard"])
+def test_an_interrupted_upload_leaves_nothing_behind(interruption, fresh_index, minilm):  # noqa: F811
+    from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+
+    error = {
+        "streamlit-stop": StopException(),
+        "streamlit-rerun": RerunException(RerunData()),
+        "keyboard": KeyboardInterrupt(),
+    }[interruption]
+    assert not isinstance(error, Exception)
+    settings = IndexSettings(collection=fresh_index.name, batch_size=4, chunk=ChunkSettings(max_tokens=32))
+    index = DocumentIndex(fresh_index.client, minilm, settings)
+    index.add_documents([small_doc("safe.txt", "This document was indexed before.")])
+    long = parse_text(long_text(40), name=KILLED_NAME)
+
+    def stop_after_three_batches(progress) -> None:
+        if progress.done >= 12:
+            raise error
+
+    with pytest.raises(type(error)):
+        index.add_documents([long], on_progress=stop_after_three_batches)
+    assert index.uploads_in_progress() == 0 and len(raw_chunks(index)) == 1
+    assert [d.name for d in index.list_documents()] == ["safe.txt"]
+    report = index.add_documents([long])  # nothing is left that could block or spoil a second try
+    assert report.added[0].n_chunks == len(index.chunker.chunk(long)) == index.count() - 1
+
+
+@pytest.mark.parametrize("mode", ["embedded", "server"])
+def test_an_upload_killed_mid_way_is_removed_when_the_index_is_reopened(
+    mode,
+    tmp_path,
+    minilm,  # noqa: F811
+    collection_name,  # noqa: F811
+    request,
+):
+    from core.search import IncompleteUpload
+
+    server = request.getfixturevalue("chroma_server") if mode == "server" else None
+    path = tmp_path / "chroma"
+    killed = kill_during_upload(collection_name, path=path if server is None else None, server=server)
+    long = parse_text(long_text(), name=KILLED_NAME)
+    settings = IndexSettings(collection=collection_name, chunk=ChunkSettings(max_tokens=32))
+    with client_for(mode, path, server) as client:
+        before = DocumentIndex(client, minilm, settings, recover=False)
+        stored = len(raw_chunks(before, doc_hash=long.content_hash))
+        assert killed.done <= stored < killed.total  # really killed half-way: those chunks are there
+        # ... and invisible even before the clean-up
+        assert [d.name for d in before.list_documents()] == ["safe.txt"] and before.count() == 1
+
+        index = DocumentIndex(client, minilm, settings)  # opening the index removes the dead upload
+        assert index.removed_incomplete == [
+            IncompleteUpload(KILLED_NAME, long.content_hash, n_stored=stored, n_chunks=killed.total)
+        ]
+        assert index.removed_incomplete[0].describe() == (
+            f"Removed an incomplete upload of 'long.txt' ({stored} of {killed.total} chunks had been "
+            "stored when indexing stopped); upload it again to index it."
+        )
+        assert raw_chunks(index, doc_hash=long.content_hash) == []
+        assert [d.name for d in index.list_documents()] == ["safe.txt"]
+        assert {h.doc_name for h in index.search(long.text[:300], k=20).hits} == {"safe.txt"}
+        assert DocumentIndex(client, minilm, settings).removed_incomplete == []  # nothing left to remove
+
+        report = index.add_documents([long])  # uploading it again is not refused as "already indexed"
+        assert report.duplicates == [] and report.added[0].n_chunks == killed.total
+        assert [(d.name, d.n_chunks) for d in index.list_documents()] == [
+            ("long.txt", killed.total),
+            ("safe.txt", 1),
+        ]
+        assert index.document_text(long.content_hash) == long.text
+
+
+# --- collection names -----------------------------------------------------------------------------
+
+NAME_RULE = (
+    "is not a valid Chroma name: use 3-512 letters, digits, '.', '_' or '-', "
+    "starting and ending with a letter or digit."
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("a..b", "collection 'a..b' is not a valid Chroma name: it must not contain '..'."),
+        ("192.168.1.1", "collection '192.168.1.1' is not a valid Chroma name: it must not be an IP address."),
+        ("abc\n", f"collection 'abc\\n' {NAME_RULE}"),
+        ("ab", f"collection 'ab' {NAME_RULE}"),
+        ("_ab", f"collection '_ab' {NAME_RULE}"),
+        ("abc.", f"collection 'abc.' {NAME_RULE}"),
+        ("a b", f"collection 'a b' {NAME_RULE}"),
+        ("café", f"collection 'café' {NAME_RULE}"),
+        ("a" * 513, f"collection '{'a' * 513}' {NAME_RULE}"),
+    ],
+)
+def test_collection_names_chroma_refuses_are_refused_with_the_reason(name, message):
+    with pytest.raises(ValueError, match=re.escape(message) + "$"):
+        IndexSettings(collection=name)
+
+
+def test_our_collection_name_rule_is_chromas(chroma_client):  # noqa: F811
+    from core.search import collection_name_problem
+
+    names = ["a..b", "192.168.1.1", "0.0.0.0", "abc\n", "ab", "_ab", "abc-", "a b", "a" * 513]
+    names += ["abc", "a.b", "a-b_c", "1.2.3", "999.999.999.999", "01.02.03.04", "1.2.3.4x", "a" * 512]
+    for name in names:
+        try:
+            chroma_client.get_or_create_collection(name, embedding_function=VectorLabEmbeddingFunction())
+        except Exception as e:  # Chroma refuses it: so must we
+            assert collection_name_problem(name) is not None, (name, e)
+        else:
+            chroma_client.delete_collection(name)
+            assert collection_name_problem(name) is None, name
+
+
+def test_a_name_chroma_refuses_is_an_input_error(chroma_client, minilm):  # noqa: F811
+    settings = IndexSettings(collection="valid-name")
+    settings.collection = "a..b"  # as if our own check had let it through
+    message = "Chroma cannot open a collection named 'a..b': "
+    with pytest.raises(InputError, match=re.escape(message)):
+        DocumentIndex(chroma_client, minilm, settings)
+
+
 def test_a_collection_filled_by_another_encoder_is_refused(fresh_index, minilm):  # noqa: F811
     index = fresh_index
     index.add_documents([small_doc("a.txt", "Some text.")])
@@ -313,7 +507,7 @@ def test_a_collection_filled_by_another_encoder_is_refused(fresh_index, minilm):
 
 
 def test_settings_validate_with_a_fix(minilm, tmp_path):  # noqa: F811
-    with pytest.raises(ValueError, match=re.escape("collection 'x' is not a valid Chroma name")):
+    with pytest.raises(ValueError, match=re.escape(f"collection 'x' {NAME_RULE}")):
         IndexSettings(collection="x")
     with pytest.raises(ValueError, match=re.escape("batch_size must be at least 1, got 0; try 64.")):
         IndexSettings(batch_size=0)

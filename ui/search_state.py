@@ -20,7 +20,14 @@ from core.documents import (
 )
 from core.embeddings import LMEmbedder, PairScore, SentenceEmbedder, compare_pairs
 from core.errors import InputError, VectorLabError
-from core.search import DocumentIndex, IndexSettings, StoreLocation, make_client, store_location
+from core.search import (
+    DocumentIndex,
+    IncompleteUpload,
+    IndexSettings,
+    StoreLocation,
+    make_client,
+    store_location,
+)
 from ui import state
 
 # Plain session keys. Like ui.state's, they outlive the widgets: Streamlit forgets a widget's value
@@ -29,6 +36,8 @@ COLLECTION = "vl_search_collection"  # the collection both stations read; shared
 QUERY = "vl_search_query"  # the last question submitted on the search page (None = none yet)
 TOP_K = "vl_search_top_k"  # how many chunks that search returns
 INDEX_REPORT = "vl_search_index_report"  # the IndexReport of the last "Index" click
+INDEXING = "vl_search_indexing"  # names being indexed; found set by a later run: that run was stopped
+RECOVERY_SHOWN = "vl_search_recovery_shown"  # removed incomplete uploads this session was told about
 RAG_PROMPT_FOR = "vl_rag_prompt_for"  # which search the editable prompt was built from
 RAG_ANSWER = "vl_rag_answer"  # (prompt signature, RagAnswer) of the last "Answer" click
 KEPT_PREFIX = "vl_kept_"  # + widget key: the remembered value of a widget drawn with kept()
@@ -124,10 +133,24 @@ def chunker(settings: ChunkSettings) -> Chunker:
 
 def document_index(client, collection: str, chunk: ChunkSettings | None = None) -> DocumentIndex:
     """The index over one collection. Built on every run, not cached: a collection deleted in one
-    browser tab must not leave a stale handle in another."""
+    browser tab must not leave a stale handle in another. Incomplete uploads left by a process that
+    died are removed the first time this process opens the collection (see `removed_incomplete`)."""
     chunk = chunk or ChunkSettings()
     settings = IndexSettings(collection=collection, chunk=chunk)
-    return DocumentIndex(client, sentence_embedder(), settings, chunker=chunker(chunk))
+    index = DocumentIndex(client, sentence_embedder(), settings, chunker=chunker(chunk), recover=False)
+    removed_incomplete(index)
+    return index
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _removed_incomplete(collection_id: str, _index: DocumentIndex) -> tuple[IncompleteUpload, ...]:
+    return tuple(_index.remove_incomplete())
+
+
+def removed_incomplete(index: DocumentIndex) -> tuple[IncompleteUpload, ...]:
+    """Uploads found incomplete, and removed, when this process first opened the collection. Once
+    per process, not per run: a run must never remove what another process is still storing."""
+    return _removed_incomplete(str(index.collection.id), index)
 
 
 def require_index(client, collection: str, chunk: ChunkSettings | None = None) -> DocumentIndex:

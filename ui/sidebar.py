@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.errors import VectorLabError
+from core.errors import DataDirError, VectorLabError
 from core.models import SUGGESTED_SPECS
+from core.paths import DATA_DIR_ENV
 from ui import state
 
 OTHER = "another model…"
@@ -16,7 +17,10 @@ LABELS = {
 
 
 def checkpoint_labels() -> dict[str, str]:
-    """Fine-tuned checkpoints saved by the training station: model spec (their folder) → picker label."""
+    """Fine-tuned checkpoints saved by the training station: model spec (their folder) → picker label.
+
+    Raises DataDirError when the data directory, where they live, cannot be used.
+    """
     from core.finetune_checkpoints import list_checkpoints
 
     return {str(c.path): f"fine-tuned: {c.name}" for c in list_checkpoints()}
@@ -43,7 +47,11 @@ def render_sidebar() -> None:
     """Draw the model picker, the shared text box and the loaded model's card."""
     state.init_state()
     spec = st.session_state[state.MODEL_SPEC]
-    labels = {**LABELS, **checkpoint_labels()}
+    try:
+        checkpoints, data_dir_problem = checkpoint_labels(), False
+    except DataDirError:  # the pages that write there say why; the model stations work without it
+        checkpoints, data_dir_problem = {}, True
+    labels = {**LABELS, **checkpoints}
     options = list(SUGGESTED_SPECS) + [o for o in labels if o not in SUGGESTED_SPECS] + [OTHER]
     other = st.session_state[state.MODEL_OTHER] or spec not in options
     # Widgets are re-seeded from the plain keys on every page (see ui.state).
@@ -60,6 +68,11 @@ def render_sidebar() -> None:
             on_change=_apply_choice,
             label_visibility="collapsed",
         )
+        if data_dir_problem:
+            st.caption(
+                f"Fine-tuned checkpoints are not listed: the data directory ({DATA_DIR_ENV}) cannot "
+                "be used. The search and training pages say why."
+            )
         if other:
             st.text_input(
                 "Hub id or local directory",
@@ -80,7 +93,7 @@ def render_sidebar() -> None:
         try:
             loaded = state.load_current_model()
         except VectorLabError as e:
-            st.error(str(e))
+            st.error(str(e))  # said here only: pages that need the model point to it (state.require_model)
             return
         info = loaded.info
         st.markdown(f"**{info.name}**")

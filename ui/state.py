@@ -1,14 +1,16 @@
-"""The one place that caches models and traces for Streamlit and names the session-state keys."""
+"""The one place that caches models and traces for Streamlit, names the session-state keys, and
+keeps results across reruns keyed by the model's identity and their inputs."""
 
 from __future__ import annotations
 
 import os
-import threading
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
-from core.errors import VectorLabError
+from core.errors import DataDirError, VectorLabError
+from core.models import ModelStore
 
 # Session-state keys shared by every page. The values live under plain keys; widgets get their own
 # keys and copy into these on change, because Streamlit drops a widget's state on pages that do not
@@ -19,6 +21,9 @@ TEXT = "vl_text"  # the text every model page traces
 MODEL_CHOICE = "vl_model_choice_widget"  # the picker's selectbox
 MODEL_CUSTOM = "vl_model_custom_widget"  # free text box for "another model…"
 TEXT_WIDGET = "vl_text_widget"  # the sidebar's text area
+
+# Results kept across reruns (see keep_result): the session key each one lives under.
+GENERATION = "vl_generation"  # the output page's last generation
 
 DEFAULT_TEXT = "The capital of France is Paris, and the capital of Italy is"
 MAX_TEXT_CHARS = 20_000  # longer pasted text is cut (the trace keeps 512 tokens anyway)
@@ -40,39 +45,47 @@ def current_text() -> str:
     return st.session_state[TEXT]
 
 
-class _ModelStore:
-    """Loaded models shared by every session, newest last; at most `capacity` kept in memory.
+# --------------------------------------------------------------------------- results across reruns
 
-    Not `st.cache_resource` on the loader itself: loading reports progress into the page, and
-    Streamlit cannot replay elements drawn from inside a cached function.
+
+def keep_result(name: str, key: tuple, value) -> None:
+    """Keep `value` across reruns under the session key `name`, with the `key` it was computed for:
+    the model's identity (`model_key`) and every input it depends on (compared with ==)."""
+    st.session_state[name] = (key, value)
+
+
+def kept_result(name: str, key: tuple):
+    """The value kept under `name` if it was computed for exactly `key`, else None.
+
+    A result of another model or other inputs is never handed out; it stays stored, so going back to
+    that model and those inputs shows it again.
     """
+    stored = st.session_state.get(name)
+    if stored is None or stored[0] != key:
+        return None
+    return stored[1]
 
-    def __init__(self, capacity: int = 2) -> None:
-        self.capacity = capacity
-        self.models: dict[str, object] = {}
-        self.lock = threading.Lock()
 
-    def get(self, spec: str, progress):
-        from core.models import load_model
+def result_is_stale(name: str, key: tuple) -> bool:
+    """True when a result is kept under `name` but for another model or other inputs than `key`."""
+    stored = st.session_state.get(name)
+    return stored is not None and stored[0] != key
 
-        with self.lock:
-            if spec in self.models:
-                self.models[spec] = self.models.pop(spec)  # mark as most recently used
-                return self.models[spec]
-            loaded = load_model(spec, progress)
-            self.models[spec] = loaded
-            while len(self.models) > self.capacity:
-                self.models.pop(next(iter(self.models)))
-            return loaded
+
+# --------------------------------------------------------------------------- the model
 
 
 @st.cache_resource(show_spinner=False)
-def _store() -> _ModelStore:
-    return _ModelStore()
+def _store() -> ModelStore:
+    """Loaded models shared by every session (`core.models.ModelStore`). Not `st.cache_resource` on
+    the loader itself: loading reports progress into the page, and Streamlit cannot replay elements
+    drawn from inside a cached function."""
+    return ModelStore()
 
 
 def load_current_model():
-    """The model the user picked, loaded once per spec; raises VectorLabError with a message."""
+    """The model the user picked, loaded once per spec and again when its files change on disk;
+    raises VectorLabError with a message."""
     init_state()
     spec = st.session_state[MODEL_SPEC]
     box = st.empty()
@@ -91,25 +104,44 @@ def load_current_model():
 
 
 def require_model():
-    """The loaded model, or an error message on the page and a stop."""
+    """The loaded model, or a stop. Why it could not be loaded is said once, in the sidebar's model
+    card (ui.sidebar), right under the picker where it is fixed; the page only points there."""
     try:
         return load_current_model()
-    except VectorLabError as e:
-        st.error(str(e))
-        st.info("Pick another model in the sidebar — the bundled SmolLM2 always works offline.")
+    except VectorLabError:
+        st.info(
+            "No model is loaded: the sidebar says why. Pick another model there — the bundled "
+            "SmolLM2 always works offline."
+        )
         st.stop()
 
 
+def model_key(loaded) -> str:
+    """Names the loaded model in cache and result keys: what was asked for, where it came from, and
+    the identity of its weights, so a checkpoint saved again under the same name is a new key."""
+    info = loaded.info
+    return f"{info.spec}|{info.source}|{info.identity}"
+
+
+def require_data_dir() -> Path:
+    """The data directory, or its problem (which folder, why, how to fix it) on the page and a stop."""
+    from core.paths import data_dir
+
+    try:
+        return data_dir()
+    except DataDirError as e:
+        st.error(str(e))
+        st.stop()
+
+
+# --------------------------------------------------------------------------- cached computations
+
+
 @st.cache_resource(show_spinner=False, max_entries=6)
-def _trace(spec: str, text: str, max_tokens: int, _loaded):
+def _trace(key: str, text: str, max_tokens: int, _loaded):
     from core.trace import TraceConfig, run_trace
 
     return run_trace(_loaded, text, TraceConfig(max_tokens=max_tokens))
-
-
-def model_key(loaded) -> str:
-    """A string that names the loaded model in cache keys."""
-    return loaded.info.source + "|" + loaded.info.spec
 
 
 def require_trace(loaded, max_tokens: int = 512):
@@ -151,25 +183,38 @@ def gpt2_tokenizer():
 
 
 @st.cache_resource(show_spinner="Reading every layer through the unembedding…", max_entries=8)
-def _lens(key: str, text: str, positions: tuple[int, ...], _loaded, _trace):
+def _lens(key: str, text: str, n_tokens: int, positions: tuple[int, ...], _loaded, _trace):
     from core.layers import logit_lens
 
     return logit_lens(_loaded, _trace, positions)
 
 
 def logit_lens(loaded, trace, positions) -> object:
-    """The logit lens for these positions, computed once per model, text and window."""
-    return _lens(model_key(loaded), trace.text, tuple(int(p) for p in positions), loaded, trace)
+    """The logit lens for these positions, computed once per model, traced text and window."""
+    window = tuple(int(p) for p in positions)
+    return _lens(model_key(loaded), trace.text, trace.n_tokens, window, loaded, trace)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _derived(name: str, key: str, text: str, _fn, _trace):
+def _derived(name: str, key: str, text: str, n_tokens: int, _fn, _trace):
     return _fn(_trace)
 
 
 def derived(name: str, fn, loaded, trace):
-    """`fn(trace)` computed once per model and text (e.g. head patterns, the all-heads check)."""
-    return _derived(name, model_key(loaded), trace.text, fn, trace)
+    """`fn(trace)` computed once per model and traced text (e.g. head patterns, the all-heads check)."""
+    return _derived(name, model_key(loaded), trace.text, trace.n_tokens, fn, trace)
+
+
+@st.cache_resource(show_spinner="Running both texts with and without positions…", max_entries=8)
+def _order_effect(key: str, text_a: str, text_b: str, _loaded):
+    from core.positions import order_effect
+
+    return order_effect(_loaded, text_a, text_b)
+
+
+def order_effect(loaded, text_a: str, text_b: str):
+    """Two texts with positions kept and removed (core.positions.order_effect), once per model and texts."""
+    return _order_effect(model_key(loaded), text_a, text_b, loaded)
 
 
 @st.cache_resource(show_spinner=False)
@@ -178,3 +223,32 @@ def training_job():
     from core.jobs import TrainingJob
 
     return TrainingJob()
+
+
+@st.cache_resource(show_spinner="Timing one training step of this model…", max_entries=16)
+def _step_timing(key: str, seq_len: int, train_part: str, n_last_blocks: int, bf16: bool, _loaded, _config):
+    from core.jobs import time_step
+
+    return time_step(_loaded.model, _config)
+
+
+def step_timing(loaded, config):
+    """One training step of the loaded model under `config` (`core.jobs.time_step`), timed once per
+    model and per setting that changes a step's work: sequence length, what trains, bf16."""
+    n_last = config.n_last_blocks if config.train_part == "last_n_blocks" else 0
+    key = model_key(loaded)
+    return _step_timing(key, config.seq_len, config.train_part, n_last, config.bf16, loaded, config)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _live_chart_specs(run_id: int, step: int, log_scale: bool, _snapshot) -> dict[str, dict]:
+    from core.training_charts import live_charts
+
+    return {name: chart.to_dict() for name, chart in live_charts(_snapshot, log_scale).items()}
+
+
+def live_chart_specs(snapshot, log_scale: bool) -> dict[str, dict]:
+    """The running job's charts as Vega-Lite specs (`core.training_charts.live_charts`), built once
+    per run and step and shared by every session watching: the live view redraws every second,
+    its numbers change once a step."""
+    return _live_chart_specs(snapshot.run_id, snapshot.step, log_scale, snapshot)

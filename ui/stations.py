@@ -31,10 +31,12 @@ STATIONS = (
         "Positional encoding",
         "pages/2_positions.py",
         ":material/format_list_numbered:",
-        "Attention alone cannot tell word order, so position is mixed in: GPT-2 adds a learned "
-        "position vector to every token vector; Llama-style models rotate queries and keys instead.",
-        "Without it, 'dog bites man' and 'man bites dog' would look identical to the model. "
-        "Rotary positions make attention depend on how far apart two tokens are, not where they are.",
+        "One attention step weighs earlier tokens by content, not by where they stand, so position is "
+        "mixed in: GPT-2 adds a learned position vector to every token vector; Llama-style models "
+        "rotate queries and keys instead.",
+        "Without it the causal mask still leaks some order (each token sees only the tokens before it), "
+        "so 'dog bites man' and 'man bites dog' differ only through later layers; positions make order "
+        "explicit. Rotary positions make attention depend on how far apart two tokens are.",
     ),
     Station(
         3,

@@ -97,3 +97,16 @@ def show_chart(chart, name: str, container=st) -> None:
         on_click="ignore",
         type="tertiary",
     )
+
+
+def check_metric(label: str, check, container=st, value: str | None = None) -> None:
+    """A numerical check as a metric: the difference found, and green when float rounding explains it
+    (`check` is a core.tolerance.CheckResult), red when it does not."""
+    container.metric(
+        label,
+        value if value is not None else f"{check.error:.2e}",
+        delta=check.summary(),
+        delta_color="green" if check.passed else "red",
+        delta_arrow="off",
+        help=f"{check}. Rounding alone allows c · eps · √n · the size of the numbers (README: Tolerances).",
+    )

@@ -1,0 +1,371 @@
+"""Everything kept across reruns follows the model's identity and its inputs: a checkpoint saved again
+under the same name is read again, a generation is never shown under another model, no result sits in
+session state outside `ui.state.keep_result`; and an unusable data directory is one clear message."""
+
+from __future__ import annotations
+
+import ast
+import errno
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from test_pages import ROOT, TIMEOUT, app_test, assert_clean, metrics
+
+from core import paths
+from core.errors import DataDirError
+from core.finetune_checkpoints import save_checkpoint
+from core.models import ModelStore, directory_identity, hub_identity, load_model
+from ui import state
+
+TEXT = "The cat sat on the mat and the cat"
+OTHER = "another model…"
+
+
+def _save_run(loaded, root: Path, steps: int) -> Path:
+    """Save `loaded` as the checkpoint 'my-finetune' (the page's default name), as a run would."""
+    settings = {"base_model": "tiny GPT-2", "steps": steps, "final_loss": None}
+    return save_checkpoint(loaded.model, loaded.tokenizer, "my-finetune", settings, [], root=root).path
+
+
+def _sharpen(loaded) -> None:
+    """Other weights of the same shapes: the tied embedding ×30 makes every logit 30× larger."""
+    with torch.no_grad():
+        loaded.model.transformer.wte.weight.mul_(30.0)
+
+
+# ---------------------------------------------------------------- a checkpoint saved again
+
+
+def test_store_reads_a_checkpoint_again_when_it_is_saved_again(tmp_path, tiny_gpt2):
+    path = _save_run(tiny_gpt2, tmp_path, steps=1)
+    store = ModelStore()
+    first = store.get(str(path))
+    assert store.get(str(path)) is first  # files unchanged: served from memory, not read again
+    _sharpen(tiny_gpt2)
+    assert _save_run(tiny_gpt2, tmp_path, steps=2) == path  # same name, same folder
+    second = store.get(str(path))
+    assert second is not first
+    assert second.info.identity != first.info.identity
+    assert second.info.identity == directory_identity(path)
+    wte = tiny_gpt2.model.transformer.wte.weight
+    assert torch.equal(second.model.transformer.wte.weight, wte)
+    assert not torch.equal(first.model.transformer.wte.weight, wte)
+
+
+def test_directory_identity_changes_with_any_rewritten_file(tmp_path, tiny_gpt2_dir):
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for f in Path(tiny_gpt2_dir).iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    before = directory_identity(copy)
+    assert directory_identity(copy) == before  # stat calls only, stable while nothing changes
+    assert directory_identity(tiny_gpt2_dir) != before  # same bytes, another folder
+    (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes())
+    assert directory_identity(copy) != before  # rewritten with the same bytes: a new save
+    assert directory_identity(tmp_path / "gone").startswith("dir:missing:")
+
+
+def test_hub_identity_follows_the_cached_snapshot(tmp_path, tiny_gpt2_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert hub_identity("gpt2") == "hub:gpt2:not-cached"
+    root = tmp_path / "models--gpt2"
+    for sha in ("0" * 40, "1" * 40):
+        snapshot = root / "snapshots" / sha
+        snapshot.mkdir(parents=True)
+        for f in Path(tiny_gpt2_dir).iterdir():
+            (snapshot / f.name).write_bytes(f.read_bytes())
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("0" * 40)
+    old = hub_identity("gpt2")
+    assert old == "hub:" + directory_identity(root / "snapshots" / ("0" * 40))
+    (root / "refs" / "main").write_text("1" * 40)  # a newer revision was downloaded
+    assert hub_identity("gpt2") == "hub:" + directory_identity(root / "snapshots" / ("1" * 40)) != old
+
+
+def test_pages_show_a_checkpoint_saved_again_not_the_old_weights(tmp_path, tiny_gpt2):
+    from core.sampling import SamplingConfig, reshape
+    from core.trace import run_trace
+
+    path = _save_run(tiny_gpt2, tmp_path, steps=1)
+    output = app_test("pages/5_output.py", str(path), TEXT).run()
+    tokens = app_test("pages/1_tokens.py", str(path), TEXT).run()
+    assert_clean(output)
+    assert_clean(tokens)
+    before = metrics(output)["Entropy (model)"]
+
+    _sharpen(tiny_gpt2)
+    _save_run(tiny_gpt2, tmp_path, steps=2)
+    output.run()
+    tokens.run()
+    assert_clean(output)
+    assert_clean(tokens)
+    dist = reshape(run_trace(load_model(str(path)), TEXT).last_logits, SamplingConfig())
+    assert metrics(output)["Entropy (model)"] == f"{dist.entropy_before.bits:.2f} bits" != before
+    # The trace and the vocabulary come from the same (new) weights: E[ids] is exactly the trace's.
+    assert any("max |trace's token vectors − E[ids]| = 0.00e+00" in c.value for c in tokens.caption)
+
+
+# ---------------------------------------------------------------- results and the model switch
+
+
+def _switch_model(at: AppTest, model_dir) -> AppTest:
+    """Pick a model in the sidebar the way a user does: 'another model…', then its folder."""
+    if at.selectbox(key=state.MODEL_CHOICE).value != OTHER:
+        at.selectbox(key=state.MODEL_CHOICE).select(OTHER).run()
+    return at.text_input(key=state.MODEL_CUSTOM).input(str(model_dir)).run()
+
+
+def _generation_caption(at: AppTest) -> list[str]:
+    return [c.value for c in at.caption if re.match(r"\d+ tokens in ", c.value)]
+
+
+def test_generation_is_not_shown_under_another_model(tiny_gpt2_dir, tiny_llama_dir):
+    at = app_test("pages/5_output.py", str(tiny_gpt2_dir), TEXT).run()
+    at.slider(key="gen_n").set_value(5).run()
+    at.button(key="gen_go").click().run()
+    assert_clean(at)
+    assert len(_generation_caption(at)) == 1
+
+    _switch_model(at, tiny_llama_dir)  # same text, same settings, another model
+    assert_clean(at)
+    assert metrics(at)["Heads"] == "4"  # the sidebar card: the tiny Llama is loaded
+    assert _generation_caption(at) == []
+    assert not any(m.value.startswith("Step ") for m in at.markdown)
+    assert any(c.value.startswith("The model, the text or the settings changed") for c in at.caption)
+
+    _switch_model(at, tiny_gpt2_dir)  # back to the model and inputs it was made for
+    assert_clean(at)
+    assert len(_generation_caption(at)) == 1
+
+
+def test_generation_is_dropped_when_its_settings_change(tiny_gpt2_dir):
+    at = app_test("pages/5_output.py", str(tiny_gpt2_dir), TEXT).run()
+    at.slider(key="gen_n").set_value(5).run()
+    at.button(key="gen_go").click().run()
+    assert len(_generation_caption(at)) == 1
+    at.slider(key="gen_n").set_value(6).run()
+    assert_clean(at)
+    assert _generation_caption(at) == []
+
+
+@pytest.fixture
+def job(tmp_path, monkeypatch):
+    """The process-wide training job, empty before and after the test; checkpoints go to tmp."""
+    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(tmp_path))
+    training_job = state.training_job()
+
+    def clear() -> None:
+        training_job.stop()
+        training_job.wait(120)
+        training_job.discard()
+
+    clear()
+    yield training_job
+    clear()
+
+
+def test_training_before_and_after_stay_with_the_model_the_run_started_from(job, tiny_gpt2_dir, tiny_llama_dir):
+    at = AppTest.from_file(str(ROOT / "pages" / "8_training.py"), default_timeout=TIMEOUT)
+    at.session_state[state.MODEL_SPEC] = str(tiny_gpt2_dir)
+    at.run()
+    at.number_input(key="train_steps").set_value(2).run()
+    at.text_input(key="train_ckpt").input("").run()
+    at.button(key="train_start").click().run()
+    assert job.wait(120)
+    at.run()
+    assert_clean(at)
+    kl_before_switch = _metric(at, "KL(after ‖ before)")
+
+    # Another model in the sidebar changes neither side of the comparison: "before" is the run's base.
+    _switch_model(at, tiny_llama_dir)
+    assert_clean(at)
+    assert _metric(at, "KL(after ‖ before)") == kl_before_switch
+    assert any(s.value.startswith("5 · Before and after") for s in at.subheader)
+    assert any("started from other weights than the sidebar's model has now" in i.value for i in at.info)
+
+
+def _metric(at: AppTest, label: str) -> str:
+    [value] = [m.value for m in at.metric if m.label == label]
+    return value
+
+
+# ---------------------------------------------------------------- no result outside the helper
+
+# Session keys written directly, by file: the sidebar's and the pages' widget mirrors (a widget's
+# value copied to a plain key so it survives other pages, and the widget re-seeded from it), inputs
+# the user submitted, and one message shown once. Results never appear here: they go through
+# ui.state.keep_result, keyed by the model's identity and their inputs.
+DIRECT_WRITES = {
+    "ui/state.py": {
+        "MODEL_SPEC",  # the picked model (an input)
+        "TEXT",  # the shared text (an input)
+        "MODEL_OTHER",  # the picker is on "another model…"
+        "name",  # keep_result itself
+    },
+    "ui/sidebar.py": {
+        "state.MODEL_SPEC",
+        "state.MODEL_OTHER",
+        "state.TEXT",
+        "state.MODEL_CHOICE",
+        "state.MODEL_CUSTOM",
+        "state.TEXT_WIDGET",
+    },
+    "ui/search_state.py": {
+        "COLLECTION",  # the chosen collection (an input)
+        "QUERY",  # the submitted question (an input)
+        "TOP_K",  # its k (an input)
+        "KEPT_PREFIX + widget_key",  # kept(): a widget's remembered value
+        "widget_key",  # kept(): the widget re-seeded from it
+        "plain",
+    },
+    "pages/6_embeddings.py": {
+        "'emb_item'",  # the picked item, reset when the list gets shorter
+    },
+    "pages/7_search.py": {
+        "COLLECTION",
+        "QUERY",
+        "TOP_K",
+        "ACTION_MESSAGE",  # what the last delete did, popped and shown on the next run
+        "search_state.INDEXING",  # uploads being indexed, so a stopped run can say which were cut off
+        "search_state.RECOVERY_SHOWN",  # removed incomplete uploads already told about, told once
+        "'search_collection'",  # widgets re-seeded from the plain keys above, or reset
+        "'search_new_collection'",
+        "'search_collection_confirm'",
+        "'search_preview_doc'",
+        "'search_doc'",
+        "'search_query_input'",
+        "'search_k'",
+        "'rag_prompt'",  # the editable prompt, seeded from the search it was built for
+    },
+}
+
+
+def _session_writes(source: str) -> list[tuple[int, str]]:
+    """(line, key expression) of every write into st.session_state in `source`."""
+
+    def is_session_state(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "session_state"
+
+    writes = []
+    for node in ast.walk(ast.parse(source)):
+        targets: list[ast.AST] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            if isinstance(target, ast.Subscript) and is_session_state(target.value):
+                writes.append((node.lineno, ast.unparse(target.slice)))
+            elif isinstance(target, ast.Attribute) and is_session_state(target.value):
+                writes.append((node.lineno, repr(target.attr)))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and is_session_state(node.func.value)
+            and node.func.attr in ("setdefault", "update", "__setitem__")
+        ):
+            key = ast.unparse(node.args[0]) if node.func.attr != "update" and node.args else "update(...)"
+            writes.append((node.lineno, key))
+    return writes
+
+
+def test_no_result_is_kept_in_session_state_outside_keep_result():
+    files = sorted((ROOT / "pages").glob("*.py")) + sorted((ROOT / "ui").glob("*.py"))
+    stray = []
+    for file in files:
+        relative = file.relative_to(ROOT).as_posix()
+        allowed = DIRECT_WRITES.get(relative, set())
+        for line, key in _session_writes(file.read_text(encoding="utf-8")):
+            if key.replace('"', "'") not in allowed:
+                stray.append(f"{relative}:{line} writes session_state[{key}]")
+    assert stray == [], "keep results with ui.state.keep_result (or list a widget mirror here)"
+
+
+# ---------------------------------------------------------------- the data directory
+
+
+def _message(path: Path, why: str) -> str:
+    return (
+        f"The data directory {path} cannot be used: {why}. Set VECTORLAB_DATA_DIR to a folder Vector Lab "
+        f"can write to (it is created if missing), or unset it to use {paths.DEFAULT_DATA_DIR}."
+    )
+
+
+def test_data_dir_is_created_and_leaves_no_probe_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(tmp_path / "new" / "data"))
+    assert paths.data_dir() == tmp_path / "new" / "data"
+    assert list((tmp_path / "new" / "data").iterdir()) == []
+
+
+def test_data_dir_that_is_a_file(tmp_path, monkeypatch):
+    file = tmp_path / "data.txt"
+    file.write_text("not a folder")
+    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(file))
+    with pytest.raises(DataDirError, match=re.escape(_message(file, "it is a file, not a folder"))):
+        paths.data_dir()
+
+
+def test_data_dir_under_a_file(tmp_path, monkeypatch):
+    file = tmp_path / "data.txt"
+    file.write_text("not a folder")
+    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(file / "sub"))
+    why = f"it cannot be created: {file} is a file, not a folder"
+    with pytest.raises(DataDirError, match=re.escape(_message(file / "sub", why))):
+        paths.data_dir()
+
+
+def test_read_only_data_dir(tmp_path, monkeypatch):
+    """Tests run as root, which writes through read-only permission bits; so the refusal a read-only
+    folder gives (EACCES on creating a file in it) is simulated at the write probe."""
+
+    class ReadOnly:
+        @staticmethod
+        def TemporaryFile(dir):  # noqa: N802 - stands in for tempfile.TemporaryFile
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(paths, "tempfile", ReadOnly)
+    with pytest.raises(
+        DataDirError, match=re.escape(_message(tmp_path, "it is not writable: Permission denied"))
+    ):
+        paths.data_dir()
+
+
+@pytest.fixture
+def data_dir_is_a_file(tmp_path, monkeypatch) -> str:
+    file = tmp_path / "data.txt"
+    file.write_text("not a folder")
+    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(file))
+    monkeypatch.delenv("CHROMA_HOST", raising=False)
+    monkeypatch.delenv("CHROMA_PORT", raising=False)
+    return _message(file, "it is a file, not a folder")
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        "pages/home.py",
+        "pages/1_tokens.py",
+        "pages/2_positions.py",
+        "pages/3_attention.py",
+        "pages/4_layers.py",
+        "pages/5_output.py",
+        "pages/6_embeddings.py",
+    ],
+)
+def test_model_stations_work_without_the_data_dir(page, tiny_gpt2_dir, data_dir_is_a_file):
+    at = app_test(page, str(tiny_gpt2_dir), TEXT).run()
+    assert_clean(at)
+    assert any("Fine-tuned checkpoints are not listed" in c.value for c in at.sidebar.caption)
+
+
+@pytest.mark.parametrize("page", ["pages/7_search.py", "pages/8_training.py"])
+def test_pages_that_write_say_why_the_data_dir_cannot_be_used(page, tiny_gpt2_dir, data_dir_is_a_file):
+    at = app_test(page, str(tiny_gpt2_dir), TEXT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [data_dir_is_a_file]  # once, on the page
