@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_trace import build  # noqa: E402
-from core.generation import generate_steps  # noqa: E402
-from core.sampling import SamplingConfig  # noqa: E402
+from core.inspection.generation import generate_steps  # noqa: E402
+from core.inspection.sampling import SamplingConfig  # noqa: E402
 
 PROMPT = (
     "Vectors flow through every layer of a language model. At the end, the last hidden state is "

@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from bench.bench_trace import text_of_tokens  # noqa: E402
 from bench.common import timeit  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.model.loading import load_model  # noqa: E402
 from ui import state  # noqa: E402
 
 # page → (widget kind, key, two values to alternate between)

@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.documents import Document, content_hash, parse_file  # noqa: E402
-from core.embeddings import load_sentence_embedder  # noqa: E402
-from core.search import DocumentIndex, IndexSettings, close_client, make_client  # noqa: E402
+from core.retrieval.documents import Document, content_hash, parse_file  # noqa: E402
+from core.retrieval.embeddings import load_sentence_embedder  # noqa: E402
+from core.retrieval.search import DocumentIndex, IndexSettings, close_client, make_client  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "corpus"
 DIM = 384

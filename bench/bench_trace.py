@@ -17,8 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import timeit  # noqa: E402
-from core.models import gpt2_tokenizer, load_model, wrap  # noqa: E402
-from core.trace import TraceConfig, run_trace  # noqa: E402
+from core.inspection.trace import TraceConfig, run_trace  # noqa: E402
+from core.model.loading import gpt2_tokenizer, load_model, wrap  # noqa: E402
 
 WORDS = "vectors flow through every layer of the model while attention mixes them together".split()
 

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.finetune import FineTuneRun, TrainConfig, prepare_data  # noqa: E402
+from core.training.finetune import FineTuneRun, TrainConfig, prepare_data  # noqa: E402
 
 log = logging.getLogger("bench_train")
 
@@ -58,15 +58,15 @@ def cpu_name() -> str:
 
 
 def build_model(args):
-    """The model to train and its tokenizer: a small GPT-2 from config, or a spec via core.models."""
+    """The model to train and its tokenizer: a small GPT-2 from config, or a spec via core.model.loading."""
     if args.model:
-        from core.models import load_model
+        from core.model.loading import load_model
 
         loaded = load_model(args.model)
         return loaded.model.float(), loaded.tokenizer, loaded.info.name
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from core.models import gpt2_tokenizer
+    from core.model.loading import gpt2_tokenizer
 
     tokenizer = gpt2_tokenizer()
     torch.manual_seed(0)
@@ -173,7 +173,9 @@ def bench_hf_trainer(model, data, args, bf16: bool) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--model", default="", help="a model spec for core.models.load_model (default: GPT-2 from config)"
+        "--model",
+        default="",
+        help="a model spec for load_model (default: GPT-2 from config)",
     )
     p.add_argument("--n-embd", type=int, default=256)
     p.add_argument("--n-layer", type=int, default=4)

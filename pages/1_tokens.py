@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import charts
-from core.tokens import nearest_tokens, neighbourhood_map, pieces_html, readable, tokenize_plain
+from core.inspection.tokens import nearest_tokens, neighbourhood_map, pieces_html, readable, tokenize_plain
 from core.tolerance import check_close
+from core.views import charts
 from ui import state
 from ui.sidebar import render_sidebar
 from ui.widgets import downloads, show_chart

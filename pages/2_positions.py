@@ -6,10 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import charts
-from core.embeddings import cosine_similarity_matrix
 from core.errors import VectorLabError
-from core.positions import (
+from core.inspection.positions import (
     block_input_check,
     learned_position_table,
     pair_angles,
@@ -19,7 +17,9 @@ from core.positions import (
     rotate,
     sinusoidal,
 )
-from core.tokens import readable
+from core.inspection.tokens import readable
+from core.retrieval.embeddings import cosine_similarity_matrix
+from core.views import charts
 from ui import state
 from ui.sidebar import render_sidebar
 from ui.widgets import check_metric, downloads, show_chart

@@ -6,9 +6,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import charts
-from core.attention import all_heads_check, attention_grid_image, gpt2_fused_split, head_patterns, head_steps
-from core.tokens import readable
+from core.inspection.attention import (
+    all_heads_check,
+    attention_grid_image,
+    gpt2_fused_split,
+    head_patterns,
+    head_steps,
+)
+from core.inspection.tokens import readable
+from core.views import charts
 from ui import state
 from ui.sidebar import render_sidebar
 from ui.widgets import check_metric, downloads, show_chart, token_picker, token_window

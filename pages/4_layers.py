@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import charts
-from core.layers import norm_effect, residual_stats
-from core.tokens import readable
+from core.inspection.layers import norm_effect, residual_stats
+from core.inspection.tokens import readable
+from core.views import charts
 from ui import state
 from ui.sidebar import render_sidebar
 from ui.widgets import check_metric, downloads, show_chart, token_picker, token_window

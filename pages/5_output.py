@@ -6,16 +6,16 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import VectorLabError
-from core.generation import generate_steps, surprisal
-from core.output_charts import (
+from core.inspection.generation import generate_steps, surprisal
+from core.inspection.sampling import SamplingConfig, reshape, top_entries
+from core.tolerance import EPS64, check_close
+from core.views.output_charts import (
     distribution_chart,
     entropy_chart,
     generated_html,
     probability_legend_html,
     surprisal_chart,
 )
-from core.sampling import SamplingConfig, reshape, top_entries
-from core.tolerance import EPS64, check_close
 from ui import state
 from ui.sidebar import render_sidebar
 from ui.widgets import check_metric, downloads, show_chart

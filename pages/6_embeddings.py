@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from core.embedding_charts import embedding_scatter, pair_comparison_chart, similarity_heatmap
-from core.embeddings import (
+from core.errors import VectorLabError
+from core.retrieval.embeddings import (
     cosine_similarity_matrix,
     kmeans,
     label_prompts,
@@ -21,7 +21,7 @@ from core.embeddings import (
     sentences_from_lines,
     zero_shot_classify,
 )
-from core.errors import VectorLabError
+from core.views.embedding_charts import embedding_scatter, pair_comparison_chart, similarity_heatmap
 from ui import search_state, state
 from ui.search_state import kept
 from ui.sidebar import render_sidebar

@@ -9,7 +9,8 @@ import re
 import pandas as pd
 import streamlit as st
 
-from core.documents import (
+from core.errors import VectorLabError
+from core.retrieval.documents import (
     MAX_UPLOAD_MB,
     SUPPORTED_SUFFIXES,
     ChunkSettings,
@@ -18,10 +19,16 @@ from core.documents import (
     chunks_html,
     parse_text,
 )
-from core.embedding_charts import search_map_chart
-from core.errors import VectorLabError
-from core.rag import PromptText, RagSettings, answer_from_text, answer_html, build_rag_prompt, render_prompt
-from core.search import IndexProgress, IndexSettings, hit_context, hit_context_html, rankings_agree
+from core.retrieval.rag import (
+    PromptText,
+    RagSettings,
+    answer_from_text,
+    answer_html,
+    build_rag_prompt,
+    render_prompt,
+)
+from core.retrieval.search import IndexProgress, IndexSettings, hit_context, hit_context_html, rankings_agree
+from core.views.embedding_charts import search_map_chart
 from ui import search_state, state
 from ui.search_state import COLLECTION, DEFAULT_COLLECTION, QUERY, TOP_K, kept
 from ui.sidebar import render_sidebar
@@ -120,7 +127,7 @@ def delete_collection(index, name: str) -> None:
 
 def cancel_indexing() -> None:
     # Pressing Cancel reruns the page, and Streamlit stops the indexing run at its next progress
-    # update; the index removes what that run had stored (core.search.DocumentIndex.add_documents).
+    # update; the index removes what that run had stored (core.retrieval.search.DocumentIndex.add_documents).
     st.session_state.pop(search_state.INDEXING, None)
     st.session_state[ACTION_MESSAGE] = ("warning", "Indexing cancelled; nothing from this upload was kept.")
 
@@ -179,7 +186,7 @@ add_tab, docs_tab, collections_tab = st.tabs(
 with add_tab:
     left, right = st.columns(2)
     # No `type=`: Streamlit would then refuse some file names itself (a NUL byte), with an exception
-    # that blanks the page; every upload's name and type are checked by core.documents instead.
+    # that blanks the page; every upload's name and type are checked by core.retrieval.documents instead.
     uploads = left.file_uploader(
         "Upload files",
         accept_multiple_files=True,

@@ -25,7 +25,7 @@ def _offline_and_isolated(tmp_path_factory):
 def _tiny_gpt2():
     from tiny_models import tiny_gpt2_model
 
-    from core.models import gpt2_tokenizer, wrap
+    from core.model.loading import gpt2_tokenizer, wrap
 
     tok = gpt2_tokenizer()
     return wrap(tiny_gpt2_model(len(tok)), tok, spec="tiny-gpt2", name="tiny GPT-2")
@@ -34,7 +34,7 @@ def _tiny_gpt2():
 def _tiny_llama():
     from tiny_models import tiny_llama_model
 
-    from core.models import gpt2_tokenizer, wrap
+    from core.model.loading import gpt2_tokenizer, wrap
 
     tok = gpt2_tokenizer()
     return wrap(tiny_llama_model(len(tok)), tok, spec="tiny-llama", name="tiny Llama")
@@ -71,7 +71,7 @@ def tiny_model(request, _tiny_gpt2_master, _tiny_llama_master):
 @pytest.fixture(scope="session")
 def smollm2():
     """The bundled SmolLM2-135M-Instruct (converted once into the model cache). Read-only: do not train it."""
-    from core.models import BUNDLED, load_model
+    from core.model.loading import BUNDLED, load_model
 
     return load_model(BUNDLED)
 

@@ -7,16 +7,17 @@ import re
 import numpy as np
 import pytest
 
-from core.attention import (
+from core.errors import InputError
+from core.inspection.attention import (
     all_heads_check,
     attention_grid_image,
     gpt2_fused_split,
     head_patterns,
     head_steps,
 )
-from core.errors import InputError
-from core.layers import logit_lens, norm_effect, rank_of_targets, residual_stats
-from core.lens import unembed
+from core.inspection.layers import logit_lens, norm_effect, rank_of_targets, residual_stats
+from core.inspection.lens import unembed
+from core.inspection.trace import run_trace
 from core.tolerance import (
     EPS64,
     CheckResult,
@@ -25,7 +26,6 @@ from core.tolerance import (
     float64_tolerance,
     log_softmax_tolerance,
 )
-from core.trace import run_trace
 
 TEXT = "The cat sat on the mat because the mat was warm and the cat was tired."
 
@@ -226,7 +226,7 @@ def test_smollm2_lens_check_holds_along_any_summation_order(smollm2):
     # All three are the model's output up to float32 rounding of logits of size ~20.
     import torch
 
-    from core.lens import final_norm_and_head
+    from core.inspection.lens import final_norm_and_head
 
     trace = run_trace(smollm2, "The capital of France is Paris, and the capital of Italy is")
     norm, head = final_norm_and_head(smollm2)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.documents import (
+from core.errors import InputError
+from core.retrieval.documents import (
     OVERLAP_COLOUR,
     Chunk,
     Chunker,
@@ -24,7 +25,6 @@ from core.documents import (
     parse_text,
     preview_chunks,
 )
-from core.errors import InputError
 from tests.fixtures_search import corpus_files, minilm  # noqa: F401  (fixture)
 
 
@@ -308,7 +308,7 @@ CONFIG = Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml"
 
 
 def test_the_upload_cap_is_defined_once_and_streamlit_says_the_same():
-    from core.documents import MAX_UPLOAD_MB
+    from core.retrieval.documents import MAX_UPLOAD_MB
 
     config = tomllib.loads(CONFIG.read_text(encoding="utf-8"))
     assert config["server"]["maxUploadSize"] == MAX_UPLOAD_MB  # Streamlit's MB are MiB, as ours

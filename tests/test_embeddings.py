@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.embedding_charts import (
-    embedding_scatter,
-    pair_comparison_chart,
-    search_map_chart,
-    similarity_heatmap,
-)
-from core.embeddings import (
+from core.errors import InputError, ModelLoadError
+from core.retrieval.embeddings import (
     Embedder,
     EncoderSettings,
     LMEmbedder,
@@ -35,9 +30,14 @@ from core.embeddings import (
     zero_shot_classify,
     zero_shot_texts,
 )
-from core.errors import InputError, ModelLoadError
-from core.search import EmbeddingMap
+from core.retrieval.search import EmbeddingMap
 from core.tolerance import EPS64, CheckResult, check_close, float64_tolerance
+from core.views.embedding_charts import (
+    embedding_scatter,
+    pair_comparison_chart,
+    search_map_chart,
+    similarity_heatmap,
+)
 from tests.fixtures_search import _tiny_lm_master, minilm, tiny_lm  # noqa: F401  (fixtures)
 
 TOPICS = {

@@ -21,18 +21,11 @@ import pytest
 import torch
 from tiny_models import tiny_gpt2_model, tiny_llama_model
 
-import core.finetune_checkpoints as ckpt
+import core.training.checkpoints as ckpt
 from core.errors import InputError
-from core.finetune import (
-    FineTuneRun,
-    TrainConfig,
-    TrainingDivergedError,
-    main,
-    prepare_data,
-)
-from core.finetune_arch import apply_freezing, layer_groups, model_parts
-from core.finetune_checkpoints import check_name, list_checkpoints, load_checkpoint
-from core.finetune_compare import (
+from core.model.loading import gpt2_tokenizer
+from core.training.checkpoints import check_name, list_checkpoints, load_checkpoint
+from core.training.compare import (
     attention_change,
     compare_logit_lens,
     compare_models,
@@ -41,8 +34,15 @@ from core.finetune_compare import (
     next_token_probs,
     weight_drift,
 )
-from core.models import gpt2_tokenizer
-from core.training_charts import (
+from core.training.finetune import (
+    FineTuneRun,
+    TrainConfig,
+    TrainingDivergedError,
+    main,
+    prepare_data,
+)
+from core.training.parts import apply_freezing, layer_groups, model_parts
+from core.views.training_charts import (
     attention_change_chart,
     drift_chart,
     grad_norm_chart,
@@ -125,7 +125,7 @@ def _logits(model, ids):
 
 
 def _loaded(model, tok):
-    """What `core.models.load_model` hands out, for a model built in memory."""
+    """What `core.model.loading.load_model` hands out, for a model built in memory."""
     info = SimpleNamespace(name="tiny GPT-2", spec="tiny-spec", source="/models/tiny", identity="dir:1234")
     return SimpleNamespace(model=model, tokenizer=tok, info=info)
 
@@ -536,8 +536,8 @@ _SAVE_AND_HANG = """
 import os, shutil, sys, time
 from pathlib import Path
 from transformers import AutoModelForCausalLM
-import core.finetune_checkpoints as ckpt
-from core.models import gpt2_tokenizer
+import core.training.checkpoints as ckpt
+from core.model.loading import gpt2_tokenizer
 
 phase, root, model_dir = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -607,7 +607,7 @@ def test_leftovers_of_a_killed_save_are_cleaned_up(
     leftovers = sorted(p.name for p in ckroot.iterdir() if p.name.startswith(".fox."))
     assert leftovers, "the kill should have left a scratch folder behind"
 
-    with caplog.at_level("INFO", logger="core.finetune_checkpoints"):
+    with caplog.at_level("INFO", logger="core.training.checkpoints"):
         [info] = list_checkpoints(ckroot)  # the first listing cleans up
     assert sorted(p.name for p in ckroot.iterdir()) == ["fox"]
     for name in leftovers:
@@ -981,7 +981,7 @@ def test_cli_trains_and_saves_a_checkpoint(tiny_dir, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "core.finetune",
+        "core.training.finetune",
         "--model",
         str(model_dir),
         "--text-file",

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from core.errors import InputError
-from core.generation import MAX_NEW_TOKENS, GenerationResult, _Pieces, generate_steps, surprisal
-from core.output_charts import entropy_chart, generated_html, surprisal_chart, surprisal_frame
-from core.sampling import SamplingConfig, entropy, reshape, top_entries
-from core.tokens import vocab_strings
+from core.inspection.generation import MAX_NEW_TOKENS, GenerationResult, _Pieces, generate_steps, surprisal
+from core.inspection.sampling import SamplingConfig, entropy, reshape, top_entries
+from core.inspection.tokens import vocab_strings
+from core.inspection.trace import run_trace
 from core.tolerance import EPS64, check_close, check_within, log_softmax_tolerance
-from core.trace import run_trace
+from core.views.output_charts import entropy_chart, generated_html, surprisal_chart, surprisal_frame
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 GREEDY = SamplingConfig(greedy=True)

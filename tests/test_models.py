@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from core import models
 from core.errors import ModelLoadError, UnsupportedModelError
-from core.models import load_model
+from core.model import loading as models
+from core.model.loading import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ def _make_hf_cache(cache: Path, repo: str, source: Path) -> None:
 def _load_in_subprocess(env_extra: dict[str, str], spec: str) -> dict:
     # huggingface_hub reads HF_HUB_CACHE at import, so a fresh process is the honest way to point it.
     code = (
-        "import json, dataclasses; from core.models import load_model; "
+        "import json, dataclasses; from core.model.loading import load_model; "
         f"print(json.dumps(dataclasses.asdict(load_model({spec!r}).info)))"
     )
     env = {**os.environ, **env_extra}
@@ -154,7 +154,7 @@ def test_interrupted_conversion_leaves_nothing_loadable(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_bundled_smollm2_predicts_paris(smollm2):
-    from core.trace import run_trace
+    from core.inspection.trace import run_trace
 
     info = smollm2.info
     assert (info.family, info.n_layer, info.n_head, info.n_kv_head, info.d_model) == ("llama", 30, 9, 3, 576)

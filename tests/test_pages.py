@@ -67,7 +67,7 @@ def test_navigation_visits_every_station(tiny_gpt2_dir):
 def test_tokens_page_widgets(tiny_gpt2_dir):
     at = app_test("pages/1_tokens.py", str(tiny_gpt2_dir), "Hello world, hello vectors").run()
     assert_clean(at)
-    from core.models import gpt2_tokenizer
+    from core.model.loading import gpt2_tokenizer
 
     assert (
         metrics(at)["Tokens"] == str(len(gpt2_tokenizer()("Hello world, hello vectors")["input_ids"])) == "5"
@@ -170,7 +170,7 @@ def test_huge_and_mixed_script_text(tiny_gpt2_dir):
 
 
 def test_unknown_model_id_is_a_message_not_a_traceback(tiny_gpt2_dir, monkeypatch):
-    from core import models
+    from core.model import loading as models
 
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=1.5: False)
     at = app_test("pages/1_tokens.py", str(tiny_gpt2_dir)).run()

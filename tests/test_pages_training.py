@@ -11,11 +11,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_pages import ROOT, TIMEOUT, assert_clean, metrics
 
-from core.finetune import FineTuneRun
-from core.finetune_checkpoints import list_checkpoints, load_checkpoint
+from core.inspection.tokens import readable
 from core.jobs import STOPPING
-from core.models import gpt2_tokenizer
-from core.tokens import readable
+from core.model.loading import gpt2_tokenizer
+from core.training.checkpoints import list_checkpoints, load_checkpoint
+from core.training.finetune import FineTuneRun
 from ui import state
 
 PAGE = str(ROOT / "pages" / "8_training.py")
@@ -201,8 +201,8 @@ def test_bad_training_input_gives_messages(job, tiny_gpt2_dir):
 
 
 def test_train_on_documents_indexed_for_search(job, tiny_gpt2_dir, tmp_path):
-    from core.documents import parse_text
-    from core.search import DocumentIndex, close_client, make_client
+    from core.retrieval.documents import parse_text
+    from core.retrieval.search import DocumentIndex, close_client, make_client
     from ui.search_state import sentence_embedder
 
     client = make_client(tmp_path / "chroma")
@@ -216,7 +216,7 @@ def test_train_on_documents_indexed_for_search(job, tiny_gpt2_dir, tmp_path):
     assert [o for o in at.multiselect(key="train_docs").value] and "bees.txt" in at.multiselect(
         key="train_docs"
     ).options
-    from core.models import gpt2_tokenizer
+    from core.model.loading import gpt2_tokenizer
 
     expected = len(gpt2_tokenizer()(text.strip())["input_ids"])
     assert (

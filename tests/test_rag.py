@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.errors import InputError
-from core.rag import (
+from core.retrieval.rag import (
     PromptText,
     RagSettings,
     answer_from_text,
@@ -19,7 +19,7 @@ from core.rag import (
     cited_sources,
     render_prompt,
 )
-from core.search import Hit
+from core.retrieval.search import Hit
 from tests.fixtures_search import _tiny_lm_master, tiny_lm  # noqa: F401  (fixtures)
 
 

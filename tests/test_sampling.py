@@ -17,8 +17,7 @@ from transformers.generation.logits_process import (
 )
 
 from core.errors import InputError
-from core.output_charts import distribution_chart, distribution_frame
-from core.sampling import (
+from core.inspection.sampling import (
     Distribution,
     SamplingConfig,
     TokenChoice,
@@ -28,6 +27,7 @@ from core.sampling import (
     top_entries,
 )
 from core.tolerance import EPS64, check_close, check_within, float32_tolerance, float64_tolerance
+from core.views.output_charts import distribution_chart, distribution_frame
 
 
 def _logits(v: int, scale: float, seed: int) -> np.ndarray:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from chromadb.utils.embedding_functions import known_embedding_functions
 
-from core.documents import Chunk, ChunkSettings, parse_file, parse_text
 from core.errors import InputError, VectorLabError
-from core.search import (
+from core.retrieval.documents import Chunk, ChunkSettings, parse_file, parse_text
+from core.retrieval.search import (
     CHROMA_HOST_ENV,
     CHROMA_PORT_ENV,
     EMBEDDING_FUNCTION_NAME,
@@ -193,7 +193,7 @@ def test_progress_reports_chunks_batch_by_batch(chroma_client, minilm, collectio
 
 
 def test_time_left_reads_in_seconds_minutes_and_hours():
-    from core.search import IndexProgress
+    from core.retrieval.search import IndexProgress
 
     def line(eta_s: float) -> str:  # 100 of 400 tokens took `eta_s / 3` seconds: 3 times that is left
         return IndexProgress(10, 40, 100, 400, elapsed_s=eta_s / 3).describe()
@@ -403,7 +403,7 @@ def test_an_upload_killed_mid_way_is_removed_when_the_index_is_reopened(
     collection_name,  # noqa: F811
     request,
 ):
-    from core.search import IncompleteUpload
+    from core.retrieval.search import IncompleteUpload
 
     server = request.getfixturevalue("chroma_server") if mode == "server" else None
     path = tmp_path / "chroma"
@@ -467,7 +467,7 @@ def test_collection_names_chroma_refuses_are_refused_with_the_reason(name, messa
 
 
 def test_our_collection_name_rule_is_chromas(chroma_client):  # noqa: F811
-    from core.search import collection_name_problem
+    from core.retrieval.search import collection_name_problem
 
     names = ["a..b", "192.168.1.1", "0.0.0.0", "abc\n", "ab", "_ab", "abc-", "a b", "a" * 513]
     names += ["abc", "a.b", "a-b_c", "1.2.3", "999.999.999.999", "01.02.03.04", "1.2.3.4x", "a" * 512]
@@ -588,8 +588,8 @@ def test_metric_rankings_disagree_only_for_unnormalised_vectors():
 
 _REOPEN = """
 import json, sys
-from core.embeddings import load_sentence_embedder
-from core.search import DocumentIndex, IndexSettings, make_client
+from core.retrieval.embeddings import load_sentence_embedder
+from core.retrieval.search import DocumentIndex, IndexSettings, make_client
 client = make_client(sys.argv[1])
 index = DocumentIndex(client, load_sentence_embedder(), IndexSettings(collection=sys.argv[2]))
 hits = index.search(sys.argv[3], k=3).hits
@@ -676,8 +676,8 @@ def test_hit_context_places_the_chunk_in_its_document():
 
 
 def test_merge_chunks_rebuilds_the_document_once():
-    from core.documents import Chunk
-    from core.search import merge_chunks
+    from core.retrieval.documents import Chunk
+    from core.retrieval.search import merge_chunks
 
     text = "alpha beta gamma delta epsilon zeta"
     spans = [(0, 16), (11, 28), (23, 36)]  # overlapping, out of order below

@@ -16,8 +16,8 @@ from test_pages import ROOT, TIMEOUT, app_test, assert_clean, metrics
 
 from core import paths
 from core.errors import DataDirError
-from core.finetune_checkpoints import save_checkpoint
-from core.models import ModelStore, directory_identity, hub_identity, load_model
+from core.model.loading import ModelStore, directory_identity, hub_identity, load_model
+from core.training.checkpoints import save_checkpoint
 from ui import state
 
 TEXT = "The cat sat on the mat and the cat"
@@ -88,8 +88,8 @@ def test_hub_identity_follows_the_cached_snapshot(tmp_path, tiny_gpt2_dir, monke
 
 
 def test_pages_show_a_checkpoint_saved_again_not_the_old_weights(tmp_path, tiny_gpt2):
-    from core.sampling import SamplingConfig, reshape
-    from core.trace import run_trace
+    from core.inspection.sampling import SamplingConfig, reshape
+    from core.inspection.trace import run_trace
 
     path = _save_run(tiny_gpt2, tmp_path, steps=1)
     output = app_test("pages/5_output.py", str(path), TEXT).run()
@@ -169,7 +169,9 @@ def job(tmp_path, monkeypatch):
     clear()
 
 
-def test_training_before_and_after_stay_with_the_model_the_run_started_from(job, tiny_gpt2_dir, tiny_llama_dir):
+def test_training_before_and_after_stay_with_the_model_the_run_started_from(
+    job, tiny_gpt2_dir, tiny_llama_dir
+):
     at = AppTest.from_file(str(ROOT / "pages" / "8_training.py"), default_timeout=TIMEOUT)
     at.session_state[state.MODEL_SPEC] = str(tiny_gpt2_dir)
     at.run()

@@ -8,10 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import charts
-from core.embeddings import cosine_similarity_matrix, pca_2d, unit_rows
 from core.errors import InputError
-from core.positions import (
+from core.inspection.positions import (
     block_input_check,
     learned_position_table,
     mlp_width,
@@ -23,14 +21,16 @@ from core.positions import (
     rotate,
     sinusoidal,
 )
-from core.tokens import (
+from core.inspection.tokens import (
     nearest_tokens,
     neighbourhood_map,
     pieces_html,
     readable,
     tokenize_plain,
 )
+from core.retrieval.embeddings import cosine_similarity_matrix, pca_2d, unit_rows
 from core.tolerance import EPS64, CheckResult, check_close, log_softmax_tolerance
+from core.views import charts
 
 
 def assert_passes(check: CheckResult) -> None:
@@ -204,7 +204,7 @@ def test_charts_export_to_svg_and_png_offline():
 def test_csv_and_npz_exports_round_trip():
     import io
 
-    from core.export import to_csv_bytes, to_npz_bytes
+    from core.views.export import to_csv_bytes, to_npz_bytes
 
     m = np.arange(6, dtype=np.float32).reshape(2, 3)
     csv = to_csv_bytes(m, ["r0", "r1"], ["a", "b", "c"]).decode()
@@ -222,7 +222,7 @@ PERMUTED = ("The dog bites the man. The", "The man bites the dog. The")  # same 
 
 
 def test_positions_kept_run_is_the_normal_run(tiny_model):
-    from core.trace import run_trace
+    from core.inspection.trace import run_trace
 
     effect = position_effect(tiny_model, TEXT_POS)
     trace = run_trace(tiny_model, TEXT_POS)
@@ -233,7 +233,7 @@ def test_positions_kept_run_is_the_normal_run(tiny_model):
 
 
 def test_gpt2_without_positions_reads_the_token_embeddings(tiny_gpt2):
-    from core.trace import run_trace
+    from core.inspection.trace import run_trace
 
     with positions_removed(tiny_gpt2):
         trace = run_trace(tiny_gpt2, TEXT_POS)
@@ -245,7 +245,7 @@ def test_gpt2_without_positions_reads_the_token_embeddings(tiny_gpt2):
 
 
 def test_rotary_without_positions_leaves_q_and_k_unrotated_and_the_mask_causal(tiny_llama):
-    from core.trace import run_trace
+    from core.inspection.trace import run_trace
 
     with positions_removed(tiny_llama):
         trace = run_trace(tiny_llama, TEXT_POS)

@@ -9,9 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from core.attention import all_heads_check
-from core.layers import logit_lens, residual_stats
-from core.positions import block_input_check, rotary_check
+from core.inspection.attention import all_heads_check
+from core.inspection.layers import logit_lens, residual_stats
+from core.inspection.positions import block_input_check, rotary_check
+from core.inspection.trace import run_trace
 from core.tolerance import (
     EPS32,
     EPS64,
@@ -23,7 +24,6 @@ from core.tolerance import (
     log_softmax_tolerance,
     worst,
 )
-from core.trace import run_trace
 
 LENGTHS = [1, 64, 576, 1536, 50_000]  # one operation, a head, SmolLM2's width, its MLP, a vocabulary
 

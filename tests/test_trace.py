@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from core.errors import InputError
-from core.lens import unembed
-from core.positions import block_input_check, rotary_check
+from core.inspection.lens import unembed
+from core.inspection.positions import block_input_check, rotary_check
+from core.inspection.trace import TraceConfig, run_trace
 from core.tolerance import check_close, check_within, float32_tolerance, softmax_tolerance
-from core.trace import TraceConfig, run_trace
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it naps."
 

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import streamlit as st
 
-from core.documents import (
+from core.errors import InputError, VectorLabError
+from core.retrieval.documents import (
     Chunker,
     ChunkPreview,
     ChunkSettings,
@@ -18,9 +19,8 @@ from core.documents import (
     parse_file,
     preview_chunks,
 )
-from core.embeddings import LMEmbedder, PairScore, SentenceEmbedder, compare_pairs
-from core.errors import InputError, VectorLabError
-from core.search import (
+from core.retrieval.embeddings import LMEmbedder, PairScore, SentenceEmbedder, compare_pairs
+from core.retrieval.search import (
     DocumentIndex,
     IncompleteUpload,
     IndexSettings,
@@ -69,7 +69,7 @@ def kept(widget_key: str, default) -> dict:
 
 @st.cache_resource(show_spinner="Loading the sentence encoder (all-MiniLM-L6-v2)…")
 def sentence_embedder() -> SentenceEmbedder:
-    from core.embeddings import load_sentence_embedder
+    from core.retrieval.embeddings import load_sentence_embedder
 
     return load_sentence_embedder()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import DataDirError, VectorLabError
-from core.models import SUGGESTED_SPECS
+from core.model.loading import SUGGESTED_SPECS
 from core.paths import DATA_DIR_ENV
 from ui import state
 
@@ -21,7 +21,7 @@ def checkpoint_labels() -> dict[str, str]:
 
     Raises DataDirError when the data directory, where they live, cannot be used.
     """
-    from core.finetune_checkpoints import list_checkpoints
+    from core.training.checkpoints import list_checkpoints
 
     return {str(c.path): f"fine-tuned: {c.name}" for c in list_checkpoints()}
 

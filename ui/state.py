@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 from core.errors import DataDirError, VectorLabError
-from core.models import ModelStore
+from core.model.loading import ModelStore
 
 # Session-state keys shared by every page. The values live under plain keys; widgets get their own
 # keys and copy into these on change, because Streamlit drops a widget's state on pages that do not
@@ -77,7 +77,7 @@ def result_is_stale(name: str, key: tuple) -> bool:
 
 @st.cache_resource(show_spinner=False)
 def _store() -> ModelStore:
-    """Loaded models shared by every session (`core.models.ModelStore`). Not `st.cache_resource` on
+    """Loaded models shared by every session (`core.model.loading.ModelStore`). Not `st.cache_resource` on
     the loader itself: loading reports progress into the page, and Streamlit cannot replay elements
     drawn from inside a cached function."""
     return ModelStore()
@@ -139,7 +139,7 @@ def require_data_dir() -> Path:
 
 @st.cache_resource(show_spinner=False, max_entries=6)
 def _trace(key: str, text: str, max_tokens: int, _loaded):
-    from core.trace import TraceConfig, run_trace
+    from core.inspection.trace import TraceConfig, run_trace
 
     return run_trace(_loaded, text, TraceConfig(max_tokens=max_tokens))
 
@@ -163,8 +163,8 @@ def require_trace(loaded, max_tokens: int = 512):
 
 @st.cache_resource(show_spinner="Reading the vocabulary…", max_entries=2)
 def _vocab(key: str, _loaded):
-    from core.embeddings import unit_rows
-    from core.tokens import embedding_matrix, vocab_strings
+    from core.inspection.tokens import embedding_matrix, vocab_strings
+    from core.retrieval.embeddings import unit_rows
 
     matrix = embedding_matrix(_loaded.model)
     return vocab_strings(_loaded.tokenizer), np.ascontiguousarray(unit_rows(matrix)), matrix
@@ -177,14 +177,14 @@ def vocabulary(loaded):
 
 @st.cache_resource(show_spinner=False)
 def gpt2_tokenizer():
-    from core.models import gpt2_tokenizer as build
+    from core.model.loading import gpt2_tokenizer as build
 
     return build()
 
 
 @st.cache_resource(show_spinner="Reading every layer through the unembedding…", max_entries=8)
 def _lens(key: str, text: str, n_tokens: int, positions: tuple[int, ...], _loaded, _trace):
-    from core.layers import logit_lens
+    from core.inspection.layers import logit_lens
 
     return logit_lens(_loaded, _trace, positions)
 
@@ -207,13 +207,13 @@ def derived(name: str, fn, loaded, trace):
 
 @st.cache_resource(show_spinner="Running both texts with and without positions…", max_entries=8)
 def _order_effect(key: str, text_a: str, text_b: str, _loaded):
-    from core.positions import order_effect
+    from core.inspection.positions import order_effect
 
     return order_effect(_loaded, text_a, text_b)
 
 
 def order_effect(loaded, text_a: str, text_b: str):
-    """Two texts with positions kept and removed (core.positions.order_effect), once per model and texts."""
+    """Two texts with positions kept and removed (`order_effect`), once per model and pair of texts."""
     return _order_effect(model_key(loaded), text_a, text_b, loaded)
 
 
@@ -242,13 +242,13 @@ def step_timing(loaded, config):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _live_chart_specs(run_id: int, step: int, log_scale: bool, _snapshot) -> dict[str, dict]:
-    from core.training_charts import live_charts
+    from core.views.training_charts import live_charts
 
     return {name: chart.to_dict() for name, chart in live_charts(_snapshot, log_scale).items()}
 
 
 def live_chart_specs(snapshot, log_scale: bool) -> dict[str, dict]:
-    """The running job's charts as Vega-Lite specs (`core.training_charts.live_charts`), built once
+    """The running job's charts as Vega-Lite specs (`core.views.training_charts.live_charts`), built once
     per run and step and shared by every session watching: the live view redraws every second,
     its numbers change once a step."""
     return _live_chart_specs(snapshot.run_id, snapshot.step, log_scale, snapshot)

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import streamlit as st
 
-from core.charts import to_png, to_svg
-from core.export import to_csv_bytes, to_npz_bytes
-from core.tokens import readable
+from core.inspection.tokens import readable
+from core.views.charts import to_png, to_svg
+from core.views.export import to_csv_bytes, to_npz_bytes
 
 MAX_WINDOW = 32  # tokens drawn at once in per-token charts
 

@@ -14,10 +14,18 @@ import numpy as np
 import torch
 
 from core.errors import InputError
-from core.models import LoadedModel
-from core.sampling import LN2, Entropy, SamplingConfig, TokenChoice, draw_token, entropy_of_log, reshape_torch
-from core.tokens import readable
-from core.trace import Trace, tokenize
+from core.inspection.sampling import (
+    LN2,
+    Entropy,
+    SamplingConfig,
+    TokenChoice,
+    draw_token,
+    entropy_of_log,
+    reshape_torch,
+)
+from core.inspection.tokens import readable
+from core.inspection.trace import Trace, tokenize
+from core.model.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 

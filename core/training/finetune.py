@@ -1,5 +1,6 @@
 """Fine-tuning a causal LM with plain AdamW: settings, the train/held-out split, the training loop with
-its per-step gradient and optimizer views, stop/resume, checkpoints, and `python -m core.finetune`."""
+its per-step gradient and optimizer views, stop/resume, checkpoints, and the command line
+(`python -m core.training.finetune`)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.errors import InputError, VectorLabError
-from core.finetune_arch import TRAIN_PARTS, apply_freezing, layer_groups, model_parts, parameter_by_name
-from core.finetune_checkpoints import (
+from core.training.checkpoints import (
     CheckpointInfo,
     check_name,
     checkpoints_dir,
     is_checkpoint,
     save_checkpoint,
 )
+from core.training.parts import TRAIN_PARTS, apply_freezing, layer_groups, model_parts, parameter_by_name
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +258,9 @@ class BaseModelInfo:
     """Which model a run started from: shown beside the before/after views, kept in settings.json."""
 
     name: str  # as the app shows it, e.g. "gpt2" or "SmolLM2-135M-Instruct (bundled)"
-    spec: str  # what `core.models.load_model` was given: "gpt2", "bundled-smollm2", a directory
+    spec: str  # what `core.model.loading.load_model` was given: "gpt2", "bundled-smollm2", a directory
     source: str  # where its weights came from: a Hub id or a resolved directory
-    identity: str  # which files exactly (`core.models.ModelInfo.identity`); "" when not known
+    identity: str  # which files exactly (`core.model.loading.ModelInfo.identity`); "" when not known
 
 
 @dataclass(frozen=True)
@@ -461,7 +462,7 @@ class FineTuneRun:
 
     @classmethod
     def from_loaded(cls, loaded: Any, data: TrainData, config: TrainConfig, **kwargs: Any) -> FineTuneRun:
-        """Train a deep copy of `loaded.model` (a `core.models.LoadedModel`); the original is untouched
+        """Train a deep copy of `loaded.model` (a `core.model.loading.LoadedModel`); the original is untouched
         and kept as the run's `base`, so "before" stays this model whatever is loaded later."""
         info = loaded.info
         kwargs.setdefault("base_model", info.name)
@@ -892,7 +893,7 @@ class FineTuneRun:
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
-        prog="python -m core.finetune",
+        prog="python -m core.training.finetune",
         description="Fine-tune a causal LM on text files and save a checkpoint "
         "(runs unchanged under `accelerate launch`).",
     )
@@ -937,7 +938,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m core.finetune` / `accelerate launch -m core.finetune`."""
+    """Entry point of `python -m core.training.finetune` / `accelerate launch -m core.training.finetune`."""
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -960,7 +961,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from accelerate import Accelerator
 
-    from core.models import load_model
+    from core.model.loading import load_model
 
     accelerator = Accelerator(cpu=args.cpu)
     say = log.info if accelerator.is_main_process else log.debug

@@ -10,9 +10,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.embeddings import PairScore
 from core.errors import InputError
-from core.search import EmbeddingMap
+from core.retrieval.embeddings import PairScore
+from core.retrieval.search import EmbeddingMap
 
 
 def _short(text: str, width: int = 40) -> str:

@@ -26,7 +26,9 @@ from chromadb.config import Settings
 from chromadb.errors import ChromaError
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from core.documents import (
+from core.errors import InputError, VectorLabError
+from core.paths import data_dir
+from core.retrieval.documents import (
     Chunk,
     Chunker,
     ChunkSettings,
@@ -35,9 +37,7 @@ from core.documents import (
     ParseSettings,
     parse_files,
 )
-from core.embeddings import MINILM_NAME, Embedder, Projection2D, load_sentence_embedder, pca_2d
-from core.errors import InputError, VectorLabError
-from core.paths import data_dir
+from core.retrieval.embeddings import MINILM_NAME, Embedder, Projection2D, load_sentence_embedder, pca_2d
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import altair as alt
 import pandas as pd
 
-from core.generation import GenerationResult, Surprisal
-from core.sampling import TokenChoice
-from core.tokens import readable
+from core.inspection.generation import GenerationResult, Surprisal
+from core.inspection.sampling import TokenChoice
+from core.inspection.tokens import readable
 
 # Stage names as they appear in legends, and their colours.
 STAGE_MODEL = "model (T = 1)"

@@ -9,10 +9,10 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.charts import heatmap
-from core.finetune import TrainStep
-from core.finetune_compare import AttentionChange, LogitLensComparison, NextTokenComparison, WeightDrift
 from core.jobs import Curve, JobSnapshot
+from core.training.compare import AttentionChange, LogitLensComparison, NextTokenComparison, WeightDrift
+from core.training.finetune import TrainStep
+from core.views.charts import heatmap
 
 TRAIN_COLOR = "#1f77b4"
 EVAL_COLOR = "#ff7f0e"

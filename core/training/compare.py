@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from core.errors import InputError, UnsupportedModelError
-from core.finetune_arch import layer_groups, model_parts
+from core.training.parts import layer_groups, model_parts
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from core.errors import InputError
-from core.models import GPT2_FAMILY, LoadedModel, rope_theta
+from core.model.loading import GPT2_FAMILY, LoadedModel, rope_theta
 
 log = logging.getLogger(__name__)
 

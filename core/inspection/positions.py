@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import InputError
-from core.models import GPT2_FAMILY, LoadedModel
+from core.inspection.trace import Trace
+from core.model.loading import GPT2_FAMILY, LoadedModel
 from core.tolerance import CheckResult, check_close, float64_tolerance
-from core.trace import Trace
 
 
 def sinusoidal(n_positions: int, d: int, base: float = 10000.0) -> np.ndarray:
@@ -210,8 +210,8 @@ def position_run(loaded: LoadedModel, text: str, keep_positions: bool, k: int = 
     """Run `text` once (up to the trace's token limit) and keep its last position's prediction."""
     import torch
 
-    from core.finetune_arch import model_parts
-    from core.trace import TraceConfig, tokenize
+    from core.inspection.trace import TraceConfig, tokenize
+    from core.training.parts import model_parts
 
     max_tokens = TraceConfig().max_tokens
     if loaded.info.family == GPT2_FAMILY:

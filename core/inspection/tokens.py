@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.embeddings import pca_2d
 from core.errors import InputError
+from core.retrieval.embeddings import pca_2d
 
 # Pastel colours that keep black text readable; pieces cycle through them.
 PIECE_COLOURS = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#e5e7eb")
@@ -58,7 +58,8 @@ def nearest_tokens(
 ) -> list[Neighbour]:
     """The k vocabulary rows with the highest cosine similarity to row `token_id`.
 
-    `unit_embeddings` is `core.embeddings.unit_rows(embedding_matrix)`, [V, d], computed once per model.
+    `unit_embeddings` is `core.retrieval.embeddings.unit_rows(embedding_matrix)`, [V, d], computed once
+    per model.
     """
     if not 0 <= token_id < len(unit_embeddings):
         raise InputError(f"Token id {token_id} is outside the vocabulary (0–{len(unit_embeddings) - 1}).")

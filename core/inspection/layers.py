@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import InputError
-from core.models import GPT2_FAMILY, LoadedModel
+from core.inspection.trace import Trace
+from core.model.loading import GPT2_FAMILY, LoadedModel
 from core.tolerance import CheckResult, check_close, check_within, log_softmax_tolerance
-from core.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def logit_lens(loaded: LoadedModel, trace: Trace, positions, k: int = 3) -> Logi
     """Final norm + unembedding applied to every layer's residual at `positions`."""
     import torch
 
-    from core.lens import final_norm_and_head
+    from core.inspection.lens import final_norm_and_head
 
     positions = np.asarray(list(positions), dtype=int)
     if len(positions) == 0:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import InputError
+from core.inspection.trace import Trace
 from core.tolerance import CheckResult, check_within, float32_tolerance, softmax_tolerance, worst
-from core.trace import Trace
 
 
 @dataclass(frozen=True)

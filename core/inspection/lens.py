@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.finetune_arch import model_parts
-from core.models import LoadedModel
+from core.model.loading import LoadedModel
+from core.training.parts import model_parts
 
 
 def final_norm_and_head(loaded: LoadedModel):

@@ -262,8 +262,8 @@ def reshape(logits, config: SamplingConfig | None = None) -> Distribution:
 def top_entries(dist: Distribution, strings: list[str], n: int = 15) -> list[TokenChoice]:
     """The n most likely tokens under the model's own distribution, with every stage's probability.
 
-    `strings` is the readable text of every token id (`core.tokens.vocab_strings`). Ties rank the lower
-    id first. Cut-off tokens stay in the list (kept=False) so the chart can grey them out.
+    `strings` is the readable text of every token id (`core.inspection.tokens.vocab_strings`).
+    Ties rank the lower id first. Cut-off tokens stay in the list (kept=False) so the chart can grey them out.
     """
     if n < 1:
         raise ValueError("n must be at least 1 (try 15).")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import InputError
-from core.search import Hit
+from core.retrieval.search import Hit
 
 log = logging.getLogger(__name__)
 

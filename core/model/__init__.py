@@ -1,0 +1,1 @@
+"""Models: the family registry, loading (bundled, Hub cache, local folders) and model identity."""

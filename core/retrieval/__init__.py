@@ -1,0 +1,1 @@
+"""Documents to answers: parsing, chunking, sentence embeddings, the Chroma index and RAG."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: settings, the loop, optimizer views, checkpoints, before/after and the background job."""
