@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_search.py
 	$(BIN)/python bench/bench_train.py --repeats 3
+	$(BIN)/python bench/bench_train_live.py --repeats 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -25,8 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.retrieval.documents import Document, content_hash, parse_file  # noqa: E402
-from core.retrieval.embeddings import load_sentence_embedder  # noqa: E402
-from core.retrieval.search import DocumentIndex, IndexSettings, close_client, make_client  # noqa: E402
+from core.retrieval.encoders import load_sentence_embedder  # noqa: E402
+from core.retrieval.index import DocumentIndex, IndexSettings  # noqa: E402
+from core.retrieval.store import close_client, make_client  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "corpus"
 DIM = 384

@@ -23,7 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.training.finetune import FineTuneRun, TrainConfig, prepare_data  # noqa: E402
+from core.training.config import TrainConfig  # noqa: E402
+from core.training.data import prepare_data  # noqa: E402
+from core.training.loop import FineTuneRun  # noqa: E402
 
 log = logging.getLogger("bench_train")
 

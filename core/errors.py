@@ -19,5 +19,9 @@ class InputError(VectorLabError):
     """Text, files or settings the user gave cannot be used as they are."""
 
 
+class SettingsError(InputError):
+    """A setting (a learning rate, a step count, a choice) is out of range; the message says how to fix it."""
+
+
 class DataDirError(VectorLabError):
     """The data directory (`VECTORLAB_DATA_DIR`) cannot be created, is not a folder, or is read-only."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.inspection.tokens import nearest_tokens, neighbourhood_map, pieces_html, readable, tokenize_plain
+from core.inspection.tokens import nearest_tokens, neighbourhood_map, readable, tokenize_plain
 from core.tolerance import check_close
 from core.views import charts
+from core.views.token_html import pieces_html
 from ui import state
 from ui.sidebar import render_sidebar
 from ui.widgets import downloads, show_chart
@@ -47,9 +48,19 @@ st.subheader("Their embedding rows")
 T, d = trace.token_embeddings.shape
 left, right = st.columns(2)
 max_rows = min(T, 64)
-start = left.number_input("First token", 0, max(T - 1, 0), 0, key="tok_rows_start") if T > max_rows else 0
+start = (
+    left.number_input("First token", 0, T - 1, **state.persist("tok_rows_start", 0, allowed=range(T)))
+    if T > max_rows
+    else 0
+)
 n_rows = min(max_rows, T - start)
-dims = right.slider("Dimensions shown", 8, d, min(d, charts.MAX_CELLS // max(n_rows, 1), 256), key="tok_dims")
+max_dims = min(d, charts.MAX_CELLS // max(n_rows, 1))  # a wider model would pass the heatmap's cell cap
+dims = right.slider(
+    "Dimensions shown",
+    8,
+    max_dims,
+    **state.persist("tok_dims", min(max_dims, 256), allowed=state.Between(8, max_dims)),
+)
 rows = trace.token_embeddings[start : start + n_rows, :dims]
 labels = [readable(p) for p in trace.pieces[start : start + n_rows]]
 show_chart(
@@ -79,10 +90,9 @@ position = left.selectbox(
     "Token",
     range(T),
     format_func=lambda i: f"{i}: {readable(trace.pieces[i])}",
-    key="tok_choice",
-    index=min(3, T - 1),
+    **state.persist("tok_choice", min(3, T - 1), allowed=range(T)),
 )
-k = right.slider("Neighbours", 3, 30, 10, key="tok_k")
+k = right.slider("Neighbours", 3, 30, **state.persist("tok_k", 10, allowed=state.Between(3, 30)))
 token_id = int(trace.token_ids[position])
 neighbours = nearest_tokens(unit_embeddings, token_id, strings, k=k)
 show_chart(
@@ -97,7 +107,9 @@ show_chart(
 
 # ---------------------------------------------------------------- 2-D map
 st.subheader("A 2-D map of the sentence among its neighbours")
-per_token = st.slider("Neighbours per token on the map", 0, 10, 4, key="tok_map_k")
+per_token = st.slider(
+    "Neighbours per token on the map", 0, 10, **state.persist("tok_map_k", 4, allowed=state.Between(0, 10))
+)
 ids_for_map = list(dict.fromkeys(int(t) for t in trace.token_ids))[:40]
 points = neighbourhood_map(unit_embeddings, embeddings, ids_for_map, strings, per_token)
 show_chart(

@@ -11,7 +11,6 @@ from core.inspection.positions import (
     block_input_check,
     learned_position_table,
     pair_angles,
-    position_effect,
     rotary_check,
     rotary_offset_check,
     rotate,
@@ -47,7 +46,9 @@ block_check = block_input_check(trace)
 if trace.position_vectors is not None:
     st.subheader("input = token embedding + position vector")
     window = min(T, 48)
-    dims = st.slider("Dimensions shown", 8, d, min(d, 96), key="pos_dims")
+    dims = st.slider(
+        "Dimensions shown", 8, d, **state.persist("pos_dims", min(d, 96), allowed=state.Between(8, d))
+    )
     show = slice(0, window)
     cols = st.columns(3)
     for col, (name, matrix) in zip(
@@ -78,7 +79,10 @@ if trace.position_vectors is not None:
         st.caption(f"Showing the first {window} of {T} tokens.")
 
     st.subheader("How alike are the position vectors?")
-    n_pos = st.slider("Positions", 8, min(info.max_positions, 256), 64, key="pos_n")
+    most = min(info.max_positions, 256)
+    n_pos = st.slider(
+        "Positions", 8, most, **state.persist("pos_n", min(64, most), allowed=state.Between(8, most))
+    )
     table = learned_position_table(loaded.model, n_pos)
     left, right = st.columns(2)
     show_chart(
@@ -152,7 +156,7 @@ else:
         f"`(x_i, x_(i+{rot.d_head // 2}))` and pair *i* is turned by the angle `t · θ^(−2i/d_head)` "
         f"(θ = {rot.theta:g}). Fast pairs spin many times per token; slow ones barely move."
     )
-    n_pos = st.slider("Positions", 8, 256, 64, key="rope_n")
+    n_pos = st.slider("Positions", 8, 256, **state.persist("rope_n", 64, allowed=state.Between(8, 256)))
     angles = pair_angles(np.arange(n_pos), rot.inv_freq)
     show_chart(
         charts.heatmap(
@@ -171,16 +175,26 @@ else:
     )
     check_metric(
         "Check: max |our RoPE(q before rotation) − the model's q| (all layers, heads, tokens)",
-        state.derived("rotary_check", rotary_check, loaded, trace),
+        state.derived(rotary_check, loaded, trace),
     )
 
     st.subheader("Only the distance counts")
     left, mid, right = st.columns(3)
-    layer = left.slider("Layer", 0, info.n_layer - 1, 0, key="rope_layer")
-    head = mid.slider("Query head", 0, info.n_head - 1, 0, key="rope_head")
-    pair = right.slider("Pair i", 0, rot.d_head // 2 - 1, min(4, rot.d_head // 2 - 1), key="rope_pair")
+    n_pairs = rot.d_head // 2
+    layer = left.slider(
+        "Layer", 0, info.n_layer - 1, **state.persist("rope_layer", 0, allowed=range(info.n_layer))
+    )
+    head = mid.slider(
+        "Query head", 0, info.n_head - 1, **state.persist("rope_head", 0, allowed=range(info.n_head))
+    )
+    pair = right.slider(
+        "Pair i", 0, n_pairs - 1, **state.persist("rope_pair", min(4, n_pairs - 1), allowed=range(n_pairs))
+    )
     tok = st.selectbox(
-        "Token", range(T), format_func=lambda i: f"{i}: {labels[i]}", key="rope_tok", index=T - 1
+        "Token",
+        range(T),
+        format_func=lambda i: f"{i}: {labels[i]}",
+        **state.persist("rope_tok", T - 1, allowed=range(T)),
     )
     q = trace.q_pre_rotary[layer, head, tok]
     k = trace.k_pre_rotary[layer, trace.kv_head_of(head), 0]
@@ -233,7 +247,7 @@ st.markdown(
     f"Run the same text again with the positions taken out: {removal}. Nothing else changes, and the "
     "causal mask still lets token t see only tokens ≤ t."
 )
-effect = state.derived("position_effect", lambda t: position_effect(loaded, t.text), loaded, trace)
+effect = state.position_effect(loaded, trace.text)
 left, right = st.columns(2)
 for container, run, name in ((left, effect.kept, "with positions"), (right, effect.removed, "without")):
     container.dataframe(
@@ -259,8 +273,8 @@ st.markdown(
     "same last token, and compare what the model predicts after each."
 )
 left, right = st.columns(2)
-text_a = left.text_input("Text A", "The dog bites the man. The", key="order_a")
-text_b = right.text_input("Text B", "The man bites the dog. The", key="order_b")
+text_a = left.text_input("Text A", **state.persist("order_a", "The dog bites the man. The"))
+text_b = right.text_input("Text B", **state.persist("order_b", "The man bites the dog. The"))
 try:
     order = state.order_effect(loaded, text_a, text_b)
 except VectorLabError as e:

@@ -9,9 +9,9 @@ import streamlit as st
 from core.inspection.attention import (
     all_heads_check,
     attention_grid_image,
-    gpt2_fused_split,
     head_patterns,
     head_steps,
+    qkv_split,
 )
 from core.inspection.tokens import readable
 from core.views import charts
@@ -33,7 +33,7 @@ loaded = state.require_model()
 trace = state.require_trace(loaded)
 info = loaded.info
 labels = [readable(p) for p in trace.pieces]
-patterns = state.derived("head_patterns", head_patterns, loaded, trace)
+patterns = state.derived(head_patterns, loaded, trace)
 
 # ---------------------------------------------------------------- overview
 st.subheader("Every head at once")
@@ -51,7 +51,7 @@ stat = table_col.radio(
     "Colour the layer × head table by",
     ["previous token", "first token", "itself", "entropy (bits)"],
     horizontal=True,
-    key="att_stat",
+    **state.persist("att_stat", "previous token"),
 )
 matrix = {
     "previous token": patterns.previous,
@@ -80,8 +80,10 @@ show_chart(
 # ---------------------------------------------------------------- one head
 st.subheader("One head, large")
 c1, c2 = st.columns(2)
-layer = c1.selectbox("Layer", range(info.n_layer), key="att_layer")
-head = c2.selectbox("Head", range(info.n_head), key="att_head")
+layer = c1.selectbox(
+    "Layer", range(info.n_layer), **state.persist("att_layer", 0, allowed=range(info.n_layer))
+)
+head = c2.selectbox("Head", range(info.n_head), **state.persist("att_head", 0, allowed=range(info.n_head)))
 st.info(patterns.hint(layer, head))
 A = trace.attention_layers[layer][head][window, window].astype(np.float64)
 masked = np.where(np.triu(np.ones_like(A, dtype=bool), k=1), np.nan, A)
@@ -175,7 +177,7 @@ show_chart(
 )
 c1, c2 = st.columns(2)
 check_metric("Check: max |hand-computed output − model's head output|", s.output_check, container=c1)
-all_heads = state.derived("all_heads_check", all_heads_check, loaded, trace)
+all_heads = state.derived(all_heads_check, loaded, trace)
 check_metric("Every layer, head and token", all_heads, container=c2)
 downloads(
     f"qkv_L{layer}_H{head}_T{position}",
@@ -219,12 +221,13 @@ if trace.rotary is not None:
         ).T,
         width="stretch",
     )
-else:
-    st.subheader("GPT-2's fused projection")
-    split = gpt2_fused_split(loaded, trace, layer)
-    st.markdown(
-        f"GPT-2 computes q, k and v with one matrix `c_attn` of shape {split.weight_shape}: the first "
-        f"{split.part_shape[1]} output columns are W_q, the next W_k, the last W_v. Within each, head *h* "
-        f"owns columns {split.head_slices[0][1]}·h to {split.head_slices[0][1]}·(h+1)."
-    )
-    check_metric("Check: max |split of ln_1(x)·c_attn − the trace's Q, K, V| (this layer)", split.check)
+split = qkv_split(loaded, trace, layer)
+st.subheader("Where q, k and v come from")
+shapes = ", ".join(f"`{name}` {shape}" for name, shape in split.modules)
+st.markdown(
+    f"{info.name} computes q, k and v with {split.layout}: {shapes}. Each head reads its own "
+    f"{info.d_head} columns of q (and of its shared k and v)."
+)
+check_metric(
+    "Check: max |projections of norm(x), split into heads − the trace's Q, K, V| (this layer)", split.check
+)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.inspection.layers import layer_labels as lens_layer_labels
 from core.inspection.layers import norm_effect, residual_stats
 from core.inspection.tokens import readable
 from core.views import charts
@@ -28,7 +29,7 @@ info = loaded.info
 labels = [readable(p) for p in trace.pieces]
 stats = residual_stats(trace)
 window = token_window(trace.n_tokens, key="layers_window", size=48)
-layer_labels = ["input"] + [f"after block {i}" for i in range(info.n_layer)]
+layer_labels = lens_layer_labels(info.n_layer)
 
 # ---------------------------------------------------------------- the stream
 st.subheader("How big is the vector, and how much does each block turn it?")
@@ -136,9 +137,8 @@ c1, c2 = st.columns([2, 1])
 pick = c1.selectbox(
     "Read the lens at token",
     range(len(lens.positions)),
-    index=len(lens.positions) - 1,
     format_func=lambda i: f"{lens.positions[i]}: {labels[lens.positions[i]]}",
-    key="lens_token",
+    **state.persist("lens_token", len(lens.positions) - 1, allowed=range(len(lens.positions))),
 )
 check_metric("Check: last layer vs the model's output", lens.final_check, container=c2)
 table = pd.DataFrame(
@@ -164,7 +164,10 @@ downloads("logit_lens_top_ids", lens.top_ids[:, pick, :], layer_labels, key="len
 st.subheader("What a normalisation layer does to one vector")
 c1, c2 = st.columns(2)
 norm_layer = c1.slider(
-    "Block", 0, info.n_layer - 1, min(info.n_layer - 1, info.n_layer // 2), key="norm_layer"
+    "Block",
+    0,
+    info.n_layer - 1,
+    **state.persist("norm_layer", min(info.n_layer - 1, info.n_layer // 2), allowed=range(info.n_layer)),
 )
 norm_token = token_picker(trace.pieces, "Token", key="norm_token", container=c2)
 effect = norm_effect(loaded, trace, norm_layer, norm_token)

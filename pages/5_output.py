@@ -40,27 +40,31 @@ temperature = c1.number_input(
     "Temperature",
     0.0,
     100.0,
-    1.0,
-    0.1,
-    key="out_temperature",
+    step=0.1,
     help="0 = always the most likely token (greedy).",
+    **state.persist("out_temperature", 1.0, allowed=state.Between(0.0, 100.0)),
 )
-top_k = c2.number_input("Top-k (0 = off)", 0, len(strings), 0, 1, key="out_top_k")
+top_k = c2.number_input(
+    "Top-k (0 = off)",
+    0,
+    len(strings),
+    step=1,
+    **state.persist("out_top_k", 0, allowed=range(len(strings) + 1)),
+)
 top_p = c3.slider(
     "Top-p (1 = off)",
     0.0,
     1.0,
-    1.0,
-    0.01,
-    key="out_top_p",
+    step=0.01,
+    **state.persist("out_top_p", 1.0, allowed=state.Between(0.0, 1.0)),
     help="Keep the most likely tokens until their probability reaches top-p (always at least one). "
     "Where tokens of exactly equal probability straddle the cut, the higher token ids are kept, as in "
     "Hugging Face's TopPLogitsWarper.",
 )
-n_show = c4.slider("Tokens shown", 5, 40, 15, key="out_n")
+n_show = c4.slider("Tokens shown", 5, 40, **state.persist("out_n", 15, allowed=state.Between(5, 40)))
 try:
     config = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
-except ValueError as e:
+except VectorLabError as e:
     st.error(str(e))
     st.stop()
 
@@ -99,9 +103,10 @@ downloads(
 # ---------------------------------------------------------------- generation
 st.subheader("Generate, one step at a time")
 c1, c2, c3 = st.columns(3)
-n_new = c1.slider("New tokens", 1, 64, 12, key="gen_n")
-mode = c2.radio("Decoding", ["greedy", "sample with the settings above"], key="gen_mode")
-seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
+n_new = c1.slider("New tokens", 1, 64, **state.persist("gen_n", 12, allowed=state.Between(1, 64)))
+decodings = ["greedy", "sample with the settings above"]
+mode = c2.radio("Decoding", decodings, **state.persist("gen_mode", "greedy", allowed=decodings))
+seed = c3.number_input("Seed", 0, 2**31 - 1, **state.persist("gen_seed", 0, allowed=range(2**31)))
 gen_config = SamplingConfig(
     temperature=config.temperature,
     top_k=config.top_k,
@@ -121,7 +126,7 @@ if st.button("Generate", type="primary", key="gen_go"):
         state.keep_result(
             state.GENERATION, gen_key, generate_steps(loaded, trace.text, n_new, gen_config, on_step=on_step)
         )
-    except (VectorLabError, ValueError) as e:
+    except VectorLabError as e:
         st.error(str(e))
     bar.empty()
 
@@ -133,7 +138,13 @@ if result is not None:
         + (" — stopped at end-of-sequence." if result.stopped_at_eos else ".")
     )
     show_chart(entropy_chart(result, title="Entropy of each step's distribution"), "output_2")
-    step_index = st.slider("Inspect step", 0, result.n_new - 1, 0, key="gen_step") if result.n_new > 1 else 0
+    step_index = (
+        st.slider(
+            "Inspect step", 0, result.n_new - 1, **state.persist("gen_step", 0, allowed=range(result.n_new))
+        )
+        if result.n_new > 1
+        else 0
+    )
     step = result.steps[step_index]
     st.markdown(
         f"Step {step.step}: chose **{step.text!r}** with p = {step.prob:.3f} "

@@ -23,7 +23,6 @@ from core.retrieval.embeddings import (
 )
 from core.views.embedding_charts import embedding_scatter, pair_comparison_chart, similarity_heatmap
 from ui import search_state, state
-from ui.search_state import kept
 from ui.sidebar import render_sidebar
 from ui.widgets import downloads, show_chart
 
@@ -74,7 +73,7 @@ def typed_sentences() -> tuple[list[str], list[str], np.ndarray] | None:
         height=230,
         max_chars=MAX_INPUT_CHARS,
         help=f"Empty lines are ignored; at most {MAX_ITEMS} sentences of {MAX_CHARS} characters are used.",
-        **kept("emb_sentences", DEFAULT_SENTENCES),
+        **state.persist("emb_sentences", DEFAULT_SENTENCES),
     )
     try:
         parsed = sentences_from_lines(text, max_items=MAX_ITEMS, max_chars=MAX_CHARS)
@@ -123,7 +122,7 @@ st.subheader("Sentences in, vectors out")
 use_chunks = st.toggle(
     "Use chunks of the documents indexed on page 7 instead",
     help="Compares stored chunk vectors from the search station's current collection.",
-    **kept("emb_use_chunks", False),
+    **state.persist("emb_use_chunks", False),
 )
 items = indexed_chunks() if use_chunks else typed_sentences()
 
@@ -165,7 +164,7 @@ if items is not None:
         10,
         help="k-means puts every vector with the nearest of k centres, then moves each centre to the "
         "mean of its vectors, until nothing changes.",
-        **kept("emb_k", 3),
+        **state.persist("emb_k", 3),
     )
     projection = pca_2d(vectors)
     try:
@@ -197,12 +196,12 @@ if items is not None:
     st.subheader("Zero-shot labels: the nearest label vector wins")
     c1, c2 = st.columns(2)
     label_text = c1.text_input(
-        "Labels, separated by commas", **kept("emb_labels", "sports, cooking, computers")
+        "Labels, separated by commas", **state.persist("emb_labels", "sports, cooking, computers")
     )
     template = c2.text_input(
         "Each label is embedded as",
         help="{} is replaced by the label.",
-        **kept("emb_template", "This is about {}."),
+        **state.persist("emb_template", "This is about {}."),
     )
     try:
         names = labels_from_text(label_text)
@@ -226,11 +225,21 @@ if items is not None:
 
     # ------------------------------------------------------------ more like this
     st.subheader("More like this")
-    if st.session_state.get("emb_item", 0) >= n:  # the list got shorter than the remembered choice
-        st.session_state["emb_item"] = 0
     c1, c2 = st.columns([3, 1])
-    item = c1.selectbox("Item", range(n), format_func=lambda i: f"{i + 1}. {labels[i]}", key="emb_item")
-    n_similar = c2.slider("How many", 1, min(10, n - 1), min(3, n - 1), key="emb_n_similar") if n > 2 else 1
+    item = c1.selectbox(
+        "Item",
+        range(n),
+        format_func=lambda i: f"{i + 1}. {labels[i]}",
+        **state.persist("emb_item", 0, allowed=range(n)),  # back to the first when the list got shorter
+    )
+    most = min(10, n - 1)
+    n_similar = (
+        c2.slider(
+            "How many", 1, most, **state.persist("emb_n_similar", min(3, most), allowed=range(1, most + 1))
+        )
+        if n > 2
+        else 1
+    )
     similar = more_like_this(vectors, item, k=n_similar)
     st.dataframe(
         pd.DataFrame(
@@ -253,7 +262,7 @@ st.markdown(
     "sentence and you get a sentence vector too. Score the same pairs with both:"
 )
 pair_text = st.text_area(
-    "Sentence pairs, one per line: first | second", height=150, **kept("emb_pairs", DEFAULT_PAIRS)
+    "Sentence pairs, one per line: first | second", height=150, **state.persist("emb_pairs", DEFAULT_PAIRS)
 )
 try:
     sentence_pairs = pairs_from_lines(pair_text)

@@ -33,7 +33,7 @@ CHROMA_BIN = Path(sys.executable).with_name("chroma")
 @functools.cache
 def load_minilm():
     """The bundled all-MiniLM-L6-v2, shared read-only by every test in the process (encode only)."""
-    from core.retrieval.embeddings import load_sentence_embedder
+    from core.retrieval.encoders import load_sentence_embedder
 
     return load_sentence_embedder()
 
@@ -113,7 +113,7 @@ def chroma_server(tmp_path_factory) -> Iterator[ChromaServer]:
 def client_for(mode: str, path: Path, server: ChromaServer | None = None):
     """A Chroma client from `make_client`: local files at `path`, or `server` reached through the
     CHROMA_HOST/CHROMA_PORT variables exactly as the app would be configured."""
-    from core.retrieval.search import CHROMA_HOST_ENV, CHROMA_PORT_ENV, close_client, make_client
+    from core.retrieval.store import CHROMA_HOST_ENV, CHROMA_PORT_ENV, close_client, make_client
 
     with pytest.MonkeyPatch.context() as mp:
         if mode == "embedded":
@@ -148,7 +148,7 @@ def collection_name() -> str:
 @pytest.fixture
 def fresh_index(chroma_client, minilm, collection_name):
     """An empty DocumentIndex over MiniLM in the parametrised client."""
-    from core.retrieval.search import DocumentIndex, IndexSettings
+    from core.retrieval.index import DocumentIndex, IndexSettings
 
     return DocumentIndex(chroma_client, minilm, IndexSettings(collection=collection_name))
 
@@ -156,7 +156,7 @@ def fresh_index(chroma_client, minilm, collection_name):
 @pytest.fixture(scope="module", params=["embedded", "server"])
 def corpus_index(request, tmp_path_factory, minilm):
     """The whole corpus indexed once per module and mode; tests must only read from it."""
-    from core.retrieval.search import DocumentIndex, IndexSettings
+    from core.retrieval.index import DocumentIndex, IndexSettings
 
     server = request.getfixturevalue("chroma_server") if request.param == "server" else None
     path = tmp_path_factory.mktemp("corpus-chroma")
@@ -218,9 +218,11 @@ def long_text(n_sentences: int = 120) -> str:
 
 _INDEX_UNTIL_KILLED = """
 import json, sys, time
-from core.retrieval.documents import ChunkSettings, parse_text
-from core.retrieval.embeddings import load_sentence_embedder
-from core.retrieval.search import DocumentIndex, IndexSettings, make_client
+from core.retrieval.chunking import ChunkSettings
+from core.retrieval.documents import parse_text
+from core.retrieval.encoders import load_sentence_embedder
+from core.retrieval.index import DocumentIndex, IndexSettings
+from core.retrieval.store import make_client
 from tests.fixtures_search import KILLED_NAME, KILLED_SETTINGS, long_text
 
 class SlowEmbedder:  # MiniLM, slowed down so the parent can kill this process between batches
@@ -259,7 +261,7 @@ def kill_during_upload(
 ) -> KilledUpload:
     """Index `safe.txt`, then start indexing `long_text()` in a child process and `kill -9` it after
     KILLED_BATCHES batches are stored: into local files at `path`, or into `server`."""
-    from core.retrieval.search import CHROMA_HOST_ENV, CHROMA_PORT_ENV
+    from core.retrieval.store import CHROMA_HOST_ENV, CHROMA_PORT_ENV
 
     env = {**os.environ, "PYTHONPATH": str(DATA.parent.parent)}
     env.pop(CHROMA_HOST_ENV, None)

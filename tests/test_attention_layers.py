@@ -11,9 +11,9 @@ from core.errors import InputError
 from core.inspection.attention import (
     all_heads_check,
     attention_grid_image,
-    gpt2_fused_split,
     head_patterns,
     head_steps,
+    qkv_split,
 )
 from core.inspection.layers import logit_lens, norm_effect, rank_of_targets, residual_stats
 from core.inspection.lens import unembed
@@ -111,9 +111,16 @@ def test_head_patterns_on_constructed_attention(traced):
 
 def test_gpt2_fused_split(tiny_gpt2):
     trace = run_trace(tiny_gpt2, TEXT)
-    split = gpt2_fused_split(tiny_gpt2, trace, 1)
-    assert split.weight_shape == (32, 96) and split.part_shape == (32, 32)
-    assert split.head_slices == ((0, 16), (16, 32))
+    split = qkv_split(tiny_gpt2, trace, 1)
+    assert split.modules == (("c_attn", (32, 96)),)  # Conv1D: [d, 3d], laid out [q | k | v]
+    assert_passes(split.check)
+
+
+def test_llama_separate_projections_split(tiny_llama):
+    trace = run_trace(tiny_llama, TEXT)
+    split = qkv_split(tiny_llama, trace, 0)
+    # 4 query heads and 2 shared key/value heads of width 8: nn.Linear weights are [out, in].
+    assert split.modules == (("q_proj", (32, 32)), ("k_proj", (16, 32)), ("v_proj", (16, 32)))
     assert_passes(split.check)
 
 

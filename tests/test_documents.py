@@ -11,20 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import InputError
-from core.retrieval.documents import (
-    OVERLAP_COLOUR,
-    Chunk,
-    Chunker,
-    ChunkSettings,
-    ParseSettings,
-    chunks_html,
-    content_hash,
-    parse_file,
-    parse_files,
-    parse_text,
-    preview_chunks,
-)
+from core.errors import InputError, SettingsError
+from core.retrieval.chunking import Chunk, Chunker, ChunkSettings, preview_chunks
+from core.retrieval.documents import content_hash, parse_file, parse_files, parse_text
+from core.retrieval.limits import ParseSettings
+from core.views.search import OVERLAP_COLOUR, chunks_html
 from tests.fixtures_search import corpus_files, minilm  # noqa: F401  (fixture)
 
 
@@ -282,22 +273,22 @@ def test_one_bad_file_loses_nothing_else():
 
 def test_parse_settings_validate_with_a_fix():
     with pytest.raises(
-        ValueError, match=re.escape("max_bytes must be positive, got 0; the default is 10.0 MB.")
+        SettingsError, match=re.escape("max_bytes must be positive, got 0; the default is 10.0 MB.")
     ):
         ParseSettings(max_bytes=0)
     with pytest.raises(
-        ValueError, match=re.escape("max_unpacked_bytes must be positive, got 0; the default is 40.0 MB.")
+        SettingsError, match=re.escape("max_unpacked_bytes must be positive, got 0; the default is 40.0 MB.")
     ):
         ParseSettings(max_unpacked_bytes=0)
     with pytest.raises(
-        ValueError, match=re.escape("max_chars must be positive, got -1; the default is 10,485,760.")
+        SettingsError, match=re.escape("max_chars must be positive, got -1; the default is 10,485,760.")
     ):
         ParseSettings(max_chars=-1)
     with pytest.raises(
-        ValueError, match=re.escape("max_compression_ratio must be at least 1, got 0.5; try 100.")
+        SettingsError, match=re.escape("max_compression_ratio must be at least 1, got 0.5; try 100.")
     ):
         ParseSettings(max_compression_ratio=0.5)
-    with pytest.raises(ValueError, match=re.escape("max_control_ratio must be between 0 and 1, got 2")):
+    with pytest.raises(SettingsError, match=re.escape("max_control_ratio must be between 0 and 1, got 2")):
         ParseSettings(max_control_ratio=2)
 
 
@@ -308,7 +299,7 @@ CONFIG = Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml"
 
 
 def test_the_upload_cap_is_defined_once_and_streamlit_says_the_same():
-    from core.retrieval.documents import MAX_UPLOAD_MB
+    from core.retrieval.limits import MAX_UPLOAD_MB
 
     config = tomllib.loads(CONFIG.read_text(encoding="utf-8"))
     assert config["server"]["maxUploadSize"] == MAX_UPLOAD_MB  # Streamlit's MB are MiB, as ours
@@ -486,10 +477,12 @@ def test_preview_summarises_the_chunks(minilm):  # noqa: F811
 
 
 def test_chunk_settings_validate_with_a_fix():
-    with pytest.raises(ValueError, match=re.escape("max_tokens must be between 8 and 512, got 4; try 128.")):
+    with pytest.raises(
+        SettingsError, match=re.escape("max_tokens must be between 8 and 512, got 4; try 128.")
+    ):
         ChunkSettings(max_tokens=4)
     with pytest.raises(
-        ValueError,
+        SettingsError,
         match=re.escape("overlap_tokens must be at least 0 and smaller than max_tokens (64), got 64; try 8."),
     ):
         ChunkSettings(max_tokens=64, overlap_tokens=64)

@@ -107,7 +107,8 @@ def test_answer_links_to_its_sources(search_server, page):  # noqa: F811
 def test_cancel_stops_indexing_and_keeps_nothing(tmp_path, tiny_gpt2_dir, page, minilm):  # noqa: F811
     """Cancel, pressed while a long text is being embedded, stops the running script: the page says so
     at once, the stopped run removes the chunks it had stored, and the document never appears."""
-    from core.retrieval.search import DocumentIndex, IndexSettings, close_client, make_client
+    from core.retrieval.index import DocumentIndex, IndexSettings
+    from core.retrieval.store import close_client, make_client
 
     srv = Server(str(tiny_gpt2_dir), tmp_path)
     try:

@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import InputError, ModelLoadError
+from core.errors import InputError, ModelLoadError, SettingsError
 from core.retrieval.embeddings import (
-    Embedder,
-    EncoderSettings,
-    LMEmbedder,
     PairScore,
     compare_pairs,
     cosine_similarity_matrix,
     kmeans,
     label_prompts,
     labels_from_text,
-    lm_mean_pool_embeddings,
-    load_sentence_embedder,
     more_like_this,
     most_similar_pairs,
     pairs_from_lines,
@@ -30,14 +25,17 @@ from core.retrieval.embeddings import (
     zero_shot_classify,
     zero_shot_texts,
 )
-from core.retrieval.search import EmbeddingMap
-from core.tolerance import EPS64, CheckResult, check_close, float64_tolerance
-from core.views.embedding_charts import (
-    embedding_scatter,
-    pair_comparison_chart,
-    search_map_chart,
-    similarity_heatmap,
+from core.retrieval.encoders import (
+    Embedder,
+    EncoderSettings,
+    LMEmbedder,
+    lm_mean_pool_embeddings,
+    load_sentence_embedder,
 )
+from core.retrieval.maps import EmbeddingMap
+from core.tolerance import EPS64, CheckResult, check_close, float64_tolerance
+from core.views.embedding_charts import embedding_scatter, pair_comparison_chart, similarity_heatmap
+from core.views.search import search_map_chart
 from tests.fixtures_search import _tiny_lm_master, minilm, tiny_lm  # noqa: F401  (fixtures)
 
 TOPICS = {
@@ -107,7 +105,7 @@ def test_empty_sentences_and_bare_strings_are_rejected(minilm):  # noqa: F811
 
 
 def test_encoder_settings_and_missing_model_fail_clearly(tmp_path):
-    with pytest.raises(ValueError, match=re.escape("batch_size must be at least 1, got 0; use e.g. 32.")):
+    with pytest.raises(SettingsError, match=re.escape("batch_size must be at least 1, got 0; use e.g. 32.")):
         EncoderSettings(batch_size=0)
     missing = tmp_path / "nope"
     with pytest.raises(

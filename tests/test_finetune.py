@@ -22,9 +22,11 @@ import torch
 from tiny_models import tiny_gpt2_model, tiny_llama_model
 
 import core.training.checkpoints as ckpt
-from core.errors import InputError
+from core.errors import InputError, SettingsError
+from core.model.families import model_parts
 from core.model.loading import gpt2_tokenizer
 from core.training.checkpoints import check_name, list_checkpoints, load_checkpoint
+from core.training.cli import main
 from core.training.compare import (
     attention_change,
     compare_logit_lens,
@@ -34,14 +36,11 @@ from core.training.compare import (
     next_token_probs,
     weight_drift,
 )
-from core.training.finetune import (
-    FineTuneRun,
-    TrainConfig,
-    TrainingDivergedError,
-    main,
-    prepare_data,
-)
-from core.training.parts import apply_freezing, layer_groups, model_parts
+from core.training.config import TrainConfig
+from core.training.data import prepare_data
+from core.training.divergence import TrainingDivergedError
+from core.training.loop import FineTuneRun
+from core.training.parts import apply_freezing, layer_groups
 from core.views.training_charts import (
     attention_change_chart,
     drift_chart,
@@ -200,7 +199,7 @@ def test_default_settings_are_valid():
     ],
 )
 def test_bad_settings_say_how_to_fix_them(settings, message):
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    with pytest.raises(SettingsError, match=f"^{re.escape(message)}$"):
         TrainConfig(**settings)
 
 
@@ -339,6 +338,18 @@ def test_tied_embeddings_are_reported_once(gpt2, llama):
         InputError, match=re.escape("n_last_blocks=3 does not fit this model: it has 2 blocks")
     ):
         apply_freezing(gpt2, "last_n_blocks", 3)
+    with pytest.raises(
+        SettingsError, match=re.escape("train_part='head' is not one of 'all', 'last_n_blocks', 'embeddings'")
+    ):
+        apply_freezing(gpt2, "head")
+
+
+def test_the_run_names_its_token_embedding_table(gpt2, llama, tok):
+    """The page asks the run which parameter is the token table instead of knowing each family's names."""
+    for model, expected in ((gpt2, "transformer.wte.weight"), (llama, "model.embed_tokens.weight")):
+        run = _run(model, tok, steps=1)
+        assert run.token_embedding_name == expected
+        assert dict(model.named_parameters())[expected] is model_parts(model).token_embedding.weight
 
 
 def test_adam_state_matches_torch_adamw(gpt2, tok):
@@ -897,7 +908,7 @@ def test_before_after_views(_gpt2_master, tok):
     assert np.all(change.mean_abs_delta[0] == 0) and np.all(change.mean_abs_delta[1] > 0)  # block 0 frozen
 
     lens = logit_lens(after, tok, prompt, target=" fox")
-    assert lens.layers == ["embeddings", "block 0", "block 1"] and lens.target_token == " fox"
+    assert lens.layers == ["input", "after block 0", "after block 1"] and lens.target_token == " fox"
     probs = next_token_probs(after, tok, prompt)
     assert lens.target_probs[-1] == pytest.approx(probs[lens.target_token_id], rel=1e-5)  # last = the output
     assert lens.top_probs[-1] == pytest.approx(probs.max(), rel=1e-5)
@@ -981,7 +992,7 @@ def test_cli_trains_and_saves_a_checkpoint(tiny_dir, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "core.training.finetune",
+        "core.training.cli",
         "--model",
         str(model_dir),
         "--text-file",

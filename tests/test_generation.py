@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import InputError
+from core.errors import InputError, SettingsError
 from core.inspection.generation import MAX_NEW_TOKENS, GenerationResult, _Pieces, generate_steps, surprisal
 from core.inspection.sampling import SamplingConfig, entropy, reshape, top_entries
 from core.inspection.tokens import vocab_strings
@@ -168,23 +168,23 @@ def test_continuation_keeps_its_leading_space_after_the_prompt():
         ),
         (
             lambda m: generate_steps(m, "hi", 0),
-            ValueError,
+            SettingsError,
             f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS} (try 32).",
         ),
         (
             lambda m: generate_steps(m, "hi", 513),
-            ValueError,
+            SettingsError,
             "max_new_tokens must be between 1 and 512 (try 32).",
         ),
-        (lambda m: generate_steps(m, "hi", 4, top_n=0), ValueError, "top_n must be at least 1 (try 10)."),
+        (lambda m: generate_steps(m, "hi", 4, top_n=0), SettingsError, "top_n must be at least 1 (try 10)."),
         (
             lambda m: generate_steps(m, "hi", 4, SamplingConfig(temperature=-1)),
-            ValueError,
+            SettingsError,
             "temperature must be 0 or more (0 = always pick the most likely token; try 1.0).",
         ),
         (
             lambda m: generate_steps(m, "hi", 4, SamplingConfig(top_p=1.5)),
-            ValueError,
+            SettingsError,
             "top_p must be between 0 and 1 (1 = off; try 0.9).",
         ),
         (

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.retrieval.search import CHROMA_HOST_ENV, CHROMA_PORT_ENV
+from core.retrieval.store import CHROMA_HOST_ENV, CHROMA_PORT_ENV
 from tests.fixtures_search import kill_during_upload, long_text
 from tests.test_pages import TIMEOUT, app_test, assert_clean, metrics
 from ui import search_state
@@ -404,7 +404,7 @@ def test_an_unreachable_chroma_server_is_a_message(tiny_gpt2_dir, data_dir, monk
 
 
 def test_the_uploader_allows_what_core_and_the_server_allow(tiny_gpt2_dir, data_dir):
-    from core.retrieval.documents import MAX_UPLOAD_MB
+    from core.retrieval.limits import MAX_UPLOAD_MB
 
     at = app_test(SEARCH, str(tiny_gpt2_dir)).run()
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))

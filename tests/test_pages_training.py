@@ -12,10 +12,10 @@ from streamlit.testing.v1 import AppTest
 from test_pages import ROOT, TIMEOUT, assert_clean, metrics
 
 from core.inspection.tokens import readable
-from core.jobs import STOPPING
 from core.model.loading import gpt2_tokenizer
 from core.training.checkpoints import list_checkpoints, load_checkpoint
-from core.training.finetune import FineTuneRun
+from core.training.jobs import STOPPING
+from core.training.loop import FineTuneRun
 from ui import state
 
 PAGE = str(ROOT / "pages" / "8_training.py")
@@ -202,7 +202,8 @@ def test_bad_training_input_gives_messages(job, tiny_gpt2_dir):
 
 def test_train_on_documents_indexed_for_search(job, tiny_gpt2_dir, tmp_path):
     from core.retrieval.documents import parse_text
-    from core.retrieval.search import DocumentIndex, close_client, make_client
+    from core.retrieval.index import DocumentIndex
+    from core.retrieval.store import close_client, make_client
     from ui.search_state import sentence_embedder
 
     client = make_client(tmp_path / "chroma")

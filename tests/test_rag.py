@@ -8,18 +8,18 @@ import re
 import pytest
 import torch
 
-from core.errors import InputError
+from core.errors import InputError, SettingsError
 from core.retrieval.rag import (
     PromptText,
     RagSettings,
     answer_from_text,
-    answer_html,
     answer_with_lm,
     build_rag_prompt,
     cited_sources,
     render_prompt,
 )
 from core.retrieval.search import Hit
+from core.views.search import answer_html
 from tests.fixtures_search import _tiny_lm_master, tiny_lm  # noqa: F401  (fixtures)
 
 
@@ -120,10 +120,10 @@ def test_a_prompt_too_long_for_the_model_is_refused(tiny_lm):  # noqa: F811
 
 def test_rag_settings_validate_with_a_fix():
     with pytest.raises(
-        ValueError, match=re.escape("max_new_tokens must be between 1 and 2048, got 0; try 128.")
+        SettingsError, match=re.escape("max_new_tokens must be between 1 and 2048, got 0; try 128.")
     ):
         RagSettings(max_new_tokens=0)
-    with pytest.raises(ValueError, match=re.escape("max_chars_per_source must be at least 50, got 10")):
+    with pytest.raises(SettingsError, match=re.escape("max_chars_per_source must be at least 50, got 10")):
         RagSettings(max_chars_per_source=10)
 
 

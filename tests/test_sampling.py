@@ -16,7 +16,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from core.errors import InputError
+from core.errors import InputError, SettingsError
 from core.inspection.sampling import (
     Distribution,
     SamplingConfig,
@@ -233,7 +233,7 @@ def test_impossible_tokens_are_handled():
     ],
 )
 def test_config_validation_messages(kwargs, message):
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    with pytest.raises(SettingsError, match=f"^{re.escape(message)}$"):
         SamplingConfig(**kwargs)
 
 
@@ -274,7 +274,7 @@ def test_top_entries_for_the_chart():
     assert rows[0].p_final + rows[1].p_final == pytest.approx(1.0)
     assert rows[0].p_tempered > rows[0].p_original  # T < 1 sharpens
     assert len(top_entries(_dist(), strings, n=99)) == 4
-    with pytest.raises(ValueError, match=re.escape("n must be at least 1 (try 15).")):
+    with pytest.raises(SettingsError, match=re.escape("n must be at least 1 (try 15).")):
         top_entries(_dist(), strings, n=0)
 
 

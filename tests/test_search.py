@@ -15,24 +15,22 @@ import numpy as np
 import pytest
 from chromadb.utils.embedding_functions import known_embedding_functions
 
-from core.errors import InputError, VectorLabError
-from core.retrieval.documents import Chunk, ChunkSettings, parse_file, parse_text
-from core.retrieval.search import (
+from core.errors import InputError, SettingsError, VectorLabError
+from core.retrieval.chunking import Chunk, ChunkSettings
+from core.retrieval.documents import parse_file, parse_text
+from core.retrieval.index import DocumentIndex, IndexSettings
+from core.retrieval.maps import embedding_map
+from core.retrieval.search import Hit, hit_context, rank_under_metrics, rankings_agree
+from core.retrieval.store import (
     CHROMA_HOST_ENV,
     CHROMA_PORT_ENV,
     EMBEDDING_FUNCTION_NAME,
-    DocumentIndex,
-    Hit,
-    IndexSettings,
     VectorLabEmbeddingFunction,
     close_client,
-    hit_context,
-    hit_context_html,
     make_client,
-    rank_under_metrics,
-    rankings_agree,
     store_location,
 )
+from core.views.search import hit_context_html
 from tests.fixtures_search import (  # noqa: F401  (fixtures)
     KILLED_NAME,
     chroma_client,
@@ -115,22 +113,22 @@ def test_embedding_map_places_every_chunk_and_the_query(corpus_index, minilm):  
     n = corpus_index.count()
     assert vectors.embeddings.shape == (n, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors.embeddings, axis=1), 1.0, atol=1e-4)
-    emap = corpus_index.embedding_map("How do bees communicate?")
+    emap = embedding_map(corpus_index, "How do bees communicate?")
     assert emap.coords.shape == (n, 2) and emap.query_coords.shape == (2,)
     assert emap.doc_names == vectors.doc_names and emap.texts == vectors.texts
     expected = emap.projection.project(minilm.encode(["How do bees communicate?"]))[0]
     np.testing.assert_allclose(emap.query_coords, expected, atol=1e-6)
-    assert corpus_index.embedding_map().query_coords is None
+    assert embedding_map(corpus_index).query_coords is None
     assert emap.n_total == n and len(emap.ids) == n
 
 
 def test_large_maps_show_a_seeded_sample_that_keeps_the_hits(corpus_index):  # noqa: F811
     hits = corpus_index.search("How do bees communicate?", k=3).hits
     hit_ids = [h.id for h in hits]
-    emap = corpus_index.embedding_map("How do bees communicate?", max_points=10, always_include=hit_ids)
+    emap = embedding_map(corpus_index, "How do bees communicate?", max_points=10, always_include=hit_ids)
     assert len(emap.ids) == len(emap.texts) == emap.coords.shape[0] == 10
     assert set(hit_ids) <= set(emap.ids) and emap.n_total == corpus_index.count()
-    again = corpus_index.embedding_map(max_points=10, always_include=hit_ids)
+    again = embedding_map(corpus_index, max_points=10, always_include=hit_ids)
     assert again.ids == emap.ids  # the same seed draws the same sample
 
 
@@ -193,7 +191,7 @@ def test_progress_reports_chunks_batch_by_batch(chroma_client, minilm, collectio
 
 
 def test_time_left_reads_in_seconds_minutes_and_hours():
-    from core.retrieval.search import IndexProgress
+    from core.retrieval.uploads import IndexProgress
 
     def line(eta_s: float) -> str:  # 100 of 400 tokens took `eta_s / 3` seconds: 3 times that is left
         return IndexProgress(10, 40, 100, 400, elapsed_s=eta_s / 3).describe()
@@ -250,7 +248,7 @@ def test_queries_that_cannot_run_say_why(fresh_index):  # noqa: F811
     with pytest.raises(InputError, match=re.escape(message)):
         index.search("a real question")
     with pytest.raises(InputError, match=re.escape(message)):
-        index.embedding_map()
+        embedding_map(index)
     index.add_documents([parse_text("Something is indexed now.")])
     for query in ["", "   \n\t"]:
         with pytest.raises(InputError, match=re.escape("Type a question or phrase to search for.")):
@@ -350,7 +348,7 @@ def test_an_upload_is_invisible_until_every_chunk_is_stored(chroma_client, minil
             hits = reader.search(long.text[:200], k=50).hits
             assert [h.doc_name for h in hits] == ["safe.txt"]
             assert reader.chunk_vectors().doc_names == ["safe.txt"]
-            assert reader.embedding_map().n_total == 1
+            assert embedding_map(reader).n_total == 1
             with pytest.raises(InputError, match=re.escape("No indexed document has hash")):
                 reader.document_chunks(long.content_hash)
             with pytest.raises(InputError, match=re.escape("No indexed document has hash")):
@@ -403,7 +401,7 @@ def test_an_upload_killed_mid_way_is_removed_when_the_index_is_reopened(
     collection_name,  # noqa: F811
     request,
 ):
-    from core.retrieval.search import IncompleteUpload
+    from core.retrieval.recovery import IncompleteUpload
 
     server = request.getfixturevalue("chroma_server") if mode == "server" else None
     path = tmp_path / "chroma"
@@ -462,12 +460,12 @@ NAME_RULE = (
     ],
 )
 def test_collection_names_chroma_refuses_are_refused_with_the_reason(name, message):
-    with pytest.raises(ValueError, match=re.escape(message) + "$"):
+    with pytest.raises(SettingsError, match=re.escape(message) + "$"):
         IndexSettings(collection=name)
 
 
 def test_our_collection_name_rule_is_chromas(chroma_client):  # noqa: F811
-    from core.retrieval.search import collection_name_problem
+    from core.retrieval.store import collection_name_problem
 
     names = ["a..b", "192.168.1.1", "0.0.0.0", "abc\n", "ab", "_ab", "abc-", "a b", "a" * 513]
     names += ["abc", "a.b", "a-b_c", "1.2.3", "999.999.999.999", "01.02.03.04", "1.2.3.4x", "a" * 512]
@@ -507,15 +505,15 @@ def test_a_collection_filled_by_another_encoder_is_refused(fresh_index, minilm):
 
 
 def test_settings_validate_with_a_fix(minilm, tmp_path):  # noqa: F811
-    with pytest.raises(ValueError, match=re.escape(f"collection 'x' {NAME_RULE}")):
+    with pytest.raises(SettingsError, match=re.escape(f"collection 'x' {NAME_RULE}")):
         IndexSettings(collection="x")
-    with pytest.raises(ValueError, match=re.escape("batch_size must be at least 1, got 0; try 64.")):
+    with pytest.raises(SettingsError, match=re.escape("batch_size must be at least 1, got 0; try 64.")):
         IndexSettings(batch_size=0)
     client = make_client(tmp_path / "db")
     try:
         settings = IndexSettings(chunk=ChunkSettings(max_tokens=300))
         with pytest.raises(
-            ValueError,
+            SettingsError,
             match=re.escape(
                 "chunk max_tokens (300) is more than all-MiniLM-L6-v2 reads (256); lower it to at most 256."
             ),
@@ -588,8 +586,9 @@ def test_metric_rankings_disagree_only_for_unnormalised_vectors():
 
 _REOPEN = """
 import json, sys
-from core.retrieval.embeddings import load_sentence_embedder
-from core.retrieval.search import DocumentIndex, IndexSettings, make_client
+from core.retrieval.encoders import load_sentence_embedder
+from core.retrieval.index import DocumentIndex, IndexSettings
+from core.retrieval.store import make_client
 client = make_client(sys.argv[1])
 index = DocumentIndex(client, load_sentence_embedder(), IndexSettings(collection=sys.argv[2]))
 hits = index.search(sys.argv[3], k=3).hits
@@ -676,8 +675,7 @@ def test_hit_context_places_the_chunk_in_its_document():
 
 
 def test_merge_chunks_rebuilds_the_document_once():
-    from core.retrieval.documents import Chunk
-    from core.retrieval.search import merge_chunks
+    from core.retrieval.chunking import Chunk, merge_chunks
 
     text = "alpha beta gamma delta epsilon zeta"
     spans = [(0, 16), (11, 28), (23, 36)]  # overlapping, out of order below

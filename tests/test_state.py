@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import errno
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from test_pages import ROOT, TIMEOUT, app_test, assert_clean, metrics
 
 from core import paths
 from core.errors import DataDirError
-from core.model.loading import ModelStore, directory_identity, hub_identity, load_model
+from core.model.loading import directory_identity, hub_identity, load_model
+from core.model.store import ModelStore
 from core.training.checkpoints import save_checkpoint
 from ui import state
 
@@ -208,14 +210,14 @@ DIRECT_WRITES = {
         "TEXT",  # the shared text (an input)
         "MODEL_OTHER",  # the picker is on "another model…"
         "name",  # keep_result itself
+        "plain",  # persist(): a widget's remembered value
+        "widget_key",  # persist(): the widget re-seeded from it
     },
     "ui/sidebar.py": {
         "state.MODEL_SPEC",
         "state.MODEL_OTHER",
-        "state.TEXT",
         "state.MODEL_CHOICE",
         "state.MODEL_CUSTOM",
-        "state.TEXT_WIDGET",
     },
     "ui/search_state.py": {
         "COLLECTION",  # the chosen collection (an input)
@@ -225,23 +227,23 @@ DIRECT_WRITES = {
         "widget_key",  # kept(): the widget re-seeded from it
         "plain",
     },
-    "pages/6_embeddings.py": {
-        "'emb_item'",  # the picked item, reset when the list gets shorter
-    },
-    "pages/7_search.py": {
+    "ui/search/store.py": {
         "COLLECTION",
         "QUERY",
-        "TOP_K",
         "ACTION_MESSAGE",  # what the last delete did, popped and shown on the next run
-        "search_state.INDEXING",  # uploads being indexed, so a stopped run can say which were cut off
         "search_state.RECOVERY_SHOWN",  # removed incomplete uploads already told about, told once
         "'search_collection'",  # widgets re-seeded from the plain keys above, or reset
         "'search_new_collection'",
         "'search_collection_confirm'",
+    },
+    "ui/search/add_documents.py": {
+        "ACTION_MESSAGE",
+        "search_state.INDEXING",  # uploads being indexed, so a stopped run can say which were cut off
         "'search_preview_doc'",
-        "'search_doc'",
-        "'search_query_input'",
-        "'search_k'",
+    },
+    "ui/search/documents.py": {"QUERY", "ACTION_MESSAGE", "'search_doc'"},
+    "ui/search/results.py": {"QUERY", "TOP_K", "'search_query_input'", "'search_k'"},
+    "ui/search/rag.py": {
         "'rag_prompt'",  # the editable prompt, seeded from the search it was built for
     },
 }
@@ -277,7 +279,7 @@ def _session_writes(source: str) -> list[tuple[int, str]]:
 
 
 def test_no_result_is_kept_in_session_state_outside_keep_result():
-    files = sorted((ROOT / "pages").glob("*.py")) + sorted((ROOT / "ui").glob("*.py"))
+    files = sorted((ROOT / "pages").glob("*.py")) + sorted((ROOT / "ui").rglob("*.py"))
     stray = []
     for file in files:
         relative = file.relative_to(ROOT).as_posix()
@@ -371,3 +373,174 @@ def test_pages_that_write_say_why_the_data_dir_cannot_be_used(page, tiny_gpt2_di
     at = app_test(page, str(tiny_gpt2_dir), TEXT).run()
     assert not at.exception, [e.value for e in at.exception]
     assert [e.value for e in at.error] == [data_dir_is_a_file]  # once, on the page
+
+
+# ---------------------------------------------------------------- the model store across sessions
+
+
+def _fake_model(spec: str):
+    """A stand-in for a loaded model: the store only reads `info.identity` (memory: never stale)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(info=SimpleNamespace(spec=spec, source=spec, identity=f"memory:{spec}"))
+
+
+class _SlowLoader:
+    """Loads any spec at once except `slow`, whose load waits until `release` is set."""
+
+    def __init__(self, slow: str) -> None:
+        self.slow = slow
+        self.started = threading.Event()  # the slow load is under way
+        self.release = threading.Event()  # the slow load may finish
+        self.calls: list[str] = []
+
+    def __call__(self, spec: str, progress=None):
+        self.calls.append(spec)
+        if spec == self.slow:
+            self.started.set()
+            assert self.release.wait(WAIT), "the slow load was never released"
+        return _fake_model(spec)
+
+
+WAIT = 60  # seconds before a waiting test gives up instead of hanging; no assertion is about time
+
+
+def test_a_slow_load_blocks_neither_another_loaded_model_nor_another_load():
+    loader = _SlowLoader(slow="A")
+    store = ModelStore(capacity=3, loader=loader)
+    b = store.get("B")
+    slow = threading.Thread(target=store.get, args=("A",))
+    slow.start()
+    try:
+        assert loader.started.wait(WAIT)
+        served = {}
+        done = threading.Event()
+
+        def other_session() -> None:
+            served["B"] = store.get("B")  # already loaded: served from memory
+            served["C"] = store.get("C")  # not loaded yet: loads now, while A is still loading
+            done.set()
+
+        threading.Thread(target=other_session, daemon=True).start()
+        assert done.wait(WAIT), "a get of another spec waited for the slow load"
+        assert not loader.release.is_set()  # A was still loading all along
+        assert served["B"] is b
+        assert served["C"].info.spec == "C"
+    finally:
+        loader.release.set()
+        slow.join(WAIT)
+    assert store.get("A").info.spec == "A"
+    assert loader.calls == ["B", "A", "C"]  # each spec loaded once
+
+
+def test_two_sessions_asking_for_one_spec_share_one_load():
+    loader = _SlowLoader(slow="A")
+    store = ModelStore(loader=loader)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(store.get("A"))) for _ in range(2)]
+    threads[0].start()
+    assert loader.started.wait(WAIT)
+    threads[1].start()
+    loader.release.set()
+    for t in threads:
+        t.join(WAIT)
+    assert loader.calls == ["A"]
+    assert results[0] is results[1]
+
+
+def test_the_store_drops_the_least_recently_used_model():
+    loader = _SlowLoader(slow="none")
+    store = ModelStore(capacity=2, loader=loader)
+    store.get("A")
+    store.get("B")
+    store.get("A")  # A is now the most recently used
+    store.get("C")  # one too many: B goes
+    assert store.cached_specs() == ["A", "C"]
+    store.get("B")
+    assert loader.calls == ["A", "B", "C", "B"]
+    assert store.cached_specs() == ["C", "B"]
+
+
+# ---------------------------------------------------------------- widgets across pages, shared caches
+
+
+def _persisted_page() -> None:
+    """A page with one remembered slider, drawn only while `show` is on (as if on another page)."""
+    import streamlit as st
+
+    from ui import state
+
+    if st.session_state.get("show", True):
+        n_layer = st.session_state.get("n_layer", 12)
+        st.slider("Layer", 0, n_layer - 1, **state.persist("layer", 3, allowed=range(n_layer)))
+
+
+def test_a_persisted_widget_keeps_its_value_while_another_page_is_shown():
+    at = AppTest.from_function(_persisted_page, default_timeout=TIMEOUT).run()
+    assert at.slider(key="layer").value == 3
+    at.slider(key="layer").set_value(7).run()
+    at.session_state["show"] = False  # another page: Streamlit forgets the widget's own state
+    at.run()
+    assert "layer" not in at.session_state
+    at.session_state["show"] = True
+    at.run()
+    assert not at.exception
+    assert at.slider(key="layer").value == 7
+
+
+def test_a_remembered_value_the_widget_no_longer_allows_goes_back_to_the_default():
+    at = AppTest.from_function(_persisted_page, default_timeout=TIMEOUT).run()
+    at.slider(key="layer").set_value(9).run()
+    at.session_state["n_layer"] = 6  # another model, with fewer layers
+    at.run()
+    assert not at.exception
+    assert at.slider(key="layer").value == 3
+
+
+def test_the_token_page_remembers_its_settings_across_stations(tiny_gpt2_dir):
+    at = app_test("app.py", str(tiny_gpt2_dir), TEXT).run()
+    at.switch_page("pages/1_tokens.py").run()
+    at.slider(key="tok_k").set_value(5).run()
+    at.switch_page("pages/3_attention.py").run()
+    at.switch_page("pages/1_tokens.py").run()
+    assert_clean(at)
+    assert at.slider(key="tok_k").value == 5
+
+
+def test_derived_values_are_cached_by_the_functions_identity(tiny_gpt2):
+    from core.inspection.attention import all_heads_check, head_patterns
+    from core.inspection.trace import run_trace
+
+    trace = run_trace(tiny_gpt2, TEXT)
+    assert state.function_id(head_patterns) == "core.inspection.attention.head_patterns"
+    patterns = state.derived(head_patterns, tiny_gpt2, trace)
+    check = state.derived(all_heads_check, tiny_gpt2, trace)  # same model and text, another function
+    assert type(patterns).__name__ == "HeadPatterns" and type(check).__name__ == "CheckResult"
+    assert state.derived(head_patterns, tiny_gpt2, trace) is patterns
+    with pytest.raises(TypeError, match=re.escape("cache a module-level function, not <function")):
+        state.derived(lambda t: t.n_tokens, tiny_gpt2, trace)
+
+
+READ_ONLY = "assignment destination is read-only"
+
+
+def test_cached_arrays_shared_by_sessions_are_read_only(tiny_gpt2):
+    from core.inspection.attention import head_patterns
+    from core.inspection.trace import run_trace
+
+    strings, unit_rows, rows = state.vocabulary(tiny_gpt2)
+    with pytest.raises(ValueError, match=re.escape(READ_ONLY)):
+        unit_rows[0, 0] = 0.0
+    with pytest.raises(ValueError, match=re.escape(READ_ONLY)):
+        rows[0, 0] = 0.0
+    with pytest.raises(TypeError):
+        strings[0] = "x"  # a tuple
+    trace = run_trace(tiny_gpt2, TEXT)
+    lens = state.logit_lens(tiny_gpt2, trace, [0, 1])
+    with pytest.raises(ValueError, match=re.escape(READ_ONLY)):
+        lens.top_probs[0, 0, 0] = 0.0
+    patterns = state.derived(head_patterns, tiny_gpt2, trace)
+    with pytest.raises(ValueError, match=re.escape(READ_ONLY)):
+        patterns.previous[0, 0] = 0.0
+    # Marked through views: the model's own weights stay trainable.
+    assert tiny_gpt2.model.get_input_embeddings().weight.detach().numpy().flags.writeable

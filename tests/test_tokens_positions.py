@@ -24,13 +24,14 @@ from core.inspection.positions import (
 from core.inspection.tokens import (
     nearest_tokens,
     neighbourhood_map,
-    pieces_html,
     readable,
     tokenize_plain,
 )
 from core.retrieval.embeddings import cosine_similarity_matrix, pca_2d, unit_rows
 from core.tolerance import EPS64, CheckResult, check_close, log_softmax_tolerance
 from core.views import charts
+from core.views.colours import probability_colour, probability_gradient
+from core.views.token_html import pieces_html
 
 
 def assert_passes(check: CheckResult) -> None:
@@ -91,6 +92,20 @@ def test_pieces_html_escapes_and_keeps_ids():
     html = pieces_html(["<b>", " x"], [10, 20])
     assert "&lt;b&gt;" in html and "<b>" not in html.replace("<br>", "")
     assert "␣x" in html and ">10<" in html and ">20<" in html
+
+
+def test_probability_colours_follow_one_hue_interpolation():
+    """Red at p = 0, yellow at 0.5, green at 1, clipped outside; legends use the same colours."""
+    assert [probability_colour(p) for p in (-1, 0, 0.25, 0.5, 1, 2)] == [
+        "hsl(0, 85%, 82%)",
+        "hsl(0, 85%, 82%)",
+        "hsl(30, 85%, 82%)",
+        "hsl(60, 85%, 82%)",
+        "hsl(120, 85%, 82%)",
+        "hsl(120, 85%, 82%)",
+    ]
+    gradient = probability_gradient(3)
+    assert gradient == f"linear-gradient(to right, {', '.join(probability_colour(p) for p in (0, 0.5, 1))})"
 
 
 def test_readable_marks_whitespace():

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from core.errors import InputError
+from core.errors import InputError, SettingsError
 from core.inspection.lens import unembed
 from core.inspection.positions import block_input_check, rotary_check
 from core.inspection.trace import TraceConfig, run_trace
@@ -148,7 +148,7 @@ def test_single_token_text(tiny_model):
 
 
 def test_trace_config_validation():
-    with pytest.raises(ValueError, match=re.escape("max_tokens must be at least 1 (try 512).")):
+    with pytest.raises(SettingsError, match=re.escape("max_tokens must be at least 1 (try 512).")):
         TraceConfig(max_tokens=0)
 
 

@@ -10,24 +10,13 @@ import numpy as np
 import streamlit as st
 
 from core.errors import InputError, VectorLabError
-from core.retrieval.documents import (
-    Chunker,
-    ChunkPreview,
-    ChunkSettings,
-    Document,
-    FileError,
-    parse_file,
-    preview_chunks,
-)
-from core.retrieval.embeddings import LMEmbedder, PairScore, SentenceEmbedder, compare_pairs
-from core.retrieval.search import (
-    DocumentIndex,
-    IncompleteUpload,
-    IndexSettings,
-    StoreLocation,
-    make_client,
-    store_location,
-)
+from core.retrieval.chunking import Chunker, ChunkPreview, ChunkSettings, preview_chunks
+from core.retrieval.documents import Document, FileError, parse_file
+from core.retrieval.embeddings import PairScore, compare_pairs
+from core.retrieval.encoders import LMEmbedder, SentenceEmbedder
+from core.retrieval.index import DocumentIndex, IndexSettings
+from core.retrieval.recovery import IncompleteUpload
+from core.retrieval.store import StoreLocation, make_client, store_location
 from ui import state
 
 # Plain session keys. Like ui.state's, they outlive the widgets: Streamlit forgets a widget's value
@@ -40,7 +29,7 @@ INDEXING = "vl_search_indexing"  # names being indexed; found set by a later run
 RECOVERY_SHOWN = "vl_search_recovery_shown"  # removed incomplete uploads this session was told about
 RAG_PROMPT_FOR = "vl_rag_prompt_for"  # which search the editable prompt was built from
 RAG_ANSWER = "vl_rag_answer"  # (prompt signature, RagAnswer) of the last "Answer" click
-KEPT_PREFIX = "vl_kept_"  # + widget key: the remembered value of a widget drawn with kept()
+KEPT_PREFIX = state.PERSIST_PREFIX  # + widget key: the remembered value of a widget drawn with kept()
 
 DEFAULT_COLLECTION = "documents"
 
@@ -51,17 +40,9 @@ def init_search_state() -> None:
     st.session_state.setdefault(TOP_K, 5)
 
 
-def _copy_back(widget_key: str) -> None:
-    st.session_state[KEPT_PREFIX + widget_key] = st.session_state[widget_key]
-
-
-def kept(widget_key: str, default) -> dict:
-    """Keyword arguments for a widget whose value survives visits to other pages (see ui.state):
-    the widget is re-seeded from a plain key on every run and copies its value back on change."""
-    plain = KEPT_PREFIX + widget_key
-    st.session_state.setdefault(plain, default)
-    st.session_state[widget_key] = st.session_state[plain]
-    return {"key": widget_key, "on_change": _copy_back, "args": (widget_key,)}
+def kept(widget_key: str, default, allowed=None) -> dict:
+    """Keyword arguments for a widget whose value survives visits to other pages: `ui.state.persist`."""
+    return state.persist(widget_key, default, allowed=allowed)
 
 
 # --- the sentence encoder -------------------------------------------------------------------------
@@ -69,7 +50,7 @@ def kept(widget_key: str, default) -> dict:
 
 @st.cache_resource(show_spinner="Loading the sentence encoder (all-MiniLM-L6-v2)…")
 def sentence_embedder() -> SentenceEmbedder:
-    from core.retrieval.embeddings import load_sentence_embedder
+    from core.retrieval.encoders import load_sentence_embedder
 
     return load_sentence_embedder()
 
@@ -156,7 +137,7 @@ def removed_incomplete(index: DocumentIndex) -> tuple[IncompleteUpload, ...]:
 def require_index(client, collection: str, chunk: ChunkSettings | None = None) -> DocumentIndex:
     try:
         return document_index(client, collection, chunk)
-    except (VectorLabError, ValueError) as e:
+    except VectorLabError as e:
         st.error(str(e))
         st.stop()
 

@@ -39,10 +39,6 @@ def _apply_custom() -> None:
         st.session_state[state.MODEL_SPEC] = custom
 
 
-def _apply_text() -> None:
-    st.session_state[state.TEXT] = st.session_state[state.TEXT_WIDGET]
-
-
 def render_sidebar() -> None:
     """Draw the model picker, the shared text box and the loaded model's card."""
     state.init_state()
@@ -54,10 +50,10 @@ def render_sidebar() -> None:
     labels = {**LABELS, **checkpoints}
     options = list(SUGGESTED_SPECS) + [o for o in labels if o not in SUGGESTED_SPECS] + [OTHER]
     other = st.session_state[state.MODEL_OTHER] or spec not in options
-    # Widgets are re-seeded from the plain keys on every page (see ui.state).
+    # The picker's widgets are re-seeded on every page from the spec they stand for (the picked
+    # option, or the typed spec under "another model…"), not from a copy of their own value.
     st.session_state[state.MODEL_CHOICE] = OTHER if other else spec
     st.session_state[state.MODEL_CUSTOM] = "" if spec in options else spec
-    st.session_state[state.TEXT_WIDGET] = st.session_state[state.TEXT]
     with st.sidebar:
         st.markdown("### Model")
         st.selectbox(
@@ -84,11 +80,10 @@ def render_sidebar() -> None:
         st.markdown("### Text")
         st.text_area(
             "The text every model page traces",
-            key=state.TEXT_WIDGET,
-            on_change=_apply_text,
             height=110,
             max_chars=state.MAX_TEXT_CHARS,
             help="Up to 512 tokens are traced; longer text is cut with a note.",
+            **state.persist(state.TEXT_WIDGET, state.DEFAULT_TEXT, plain=state.TEXT),
         )
         try:
             loaded = state.load_current_model()

@@ -3,18 +3,20 @@ keeps results across reruns keyed by the model's identity and their inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable, Container
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from core.errors import DataDirError, VectorLabError
-from core.model.loading import ModelStore
+from core.model.store import ModelStore
 
 # Session-state keys shared by every page. The values live under plain keys; widgets get their own
-# keys and copy into these on change, because Streamlit drops a widget's state on pages that do not
-# draw it.
+# keys and copy into these on change (see `persist`), because Streamlit drops a widget's state on
+# pages that do not draw it.
 MODEL_SPEC = "vl_model_spec"  # what the user picked: "auto", a Hub id, a directory
 MODEL_OTHER = "vl_model_other"  # True while the picker is on "another model…"
 TEXT = "vl_text"  # the text every model page traces
@@ -24,6 +26,8 @@ TEXT_WIDGET = "vl_text_widget"  # the sidebar's text area
 
 # Results kept across reruns (see keep_result): the session key each one lives under.
 GENERATION = "vl_generation"  # the output page's last generation
+
+PERSIST_PREFIX = "vl_kept_"  # + widget key: the remembered value of a widget drawn with persist()
 
 DEFAULT_TEXT = "The capital of France is Paris, and the capital of Italy is"
 MAX_TEXT_CHARS = 20_000  # longer pasted text is cut (the trace keeps 512 tokens anyway)
@@ -43,6 +47,41 @@ def init_state() -> None:
 def current_text() -> str:
     init_state()
     return st.session_state[TEXT]
+
+
+# --------------------------------------------------------------------------- widgets across pages
+
+
+@dataclasses.dataclass(frozen=True)
+class Between:
+    """The numbers from `low` to `high`, both included: what a slider or number box allows now."""
+
+    low: float
+    high: float
+
+    def __contains__(self, value) -> bool:
+        return isinstance(value, int | float) and self.low <= value <= self.high
+
+
+def _copy_back(widget_key: str, plain: str) -> None:
+    st.session_state[plain] = st.session_state[widget_key]
+
+
+def persist(widget_key: str, default, allowed: Container | None = None, plain: str | None = None) -> dict:
+    """Keyword arguments (`key`, `on_change`, `args`) for a widget whose value survives visits to
+    other pages: the value lives under a plain key (`plain`, else PERSIST_PREFIX + `widget_key`), the
+    widget is seeded from it on every run and copies its value back on change.
+
+    `allowed` (a range, a list…) holds the values the widget can take now; a remembered value outside
+    it (a token past the end of a shorter text, a layer the new model lacks) goes back to `default`.
+    Draw the widget without its own default (`value=`, `index=`): it comes from here.
+    """
+    plain = plain or PERSIST_PREFIX + widget_key
+    st.session_state.setdefault(plain, default)
+    if allowed is not None and st.session_state[plain] not in allowed:
+        st.session_state[plain] = default
+    st.session_state[widget_key] = st.session_state[plain]
+    return {"key": widget_key, "on_change": _copy_back, "args": (widget_key, plain)}
 
 
 # --------------------------------------------------------------------------- results across reruns
@@ -77,7 +116,7 @@ def result_is_stale(name: str, key: tuple) -> bool:
 
 @st.cache_resource(show_spinner=False)
 def _store() -> ModelStore:
-    """Loaded models shared by every session (`core.model.loading.ModelStore`). Not `st.cache_resource` on
+    """Loaded models shared by every session (`core.model.store.ModelStore`). Not `st.cache_resource` on
     the loader itself: loading reports progress into the page, and Streamlit cannot replay elements
     drawn from inside a cached function."""
     return ModelStore()
@@ -137,6 +176,25 @@ def require_data_dir() -> Path:
 # --------------------------------------------------------------------------- cached computations
 
 
+def read_only(value):
+    """`value` with every array in it read-only, looking inside tuples, lists and dataclasses.
+
+    Cached results are shared by every session: one page writing into an array would change what
+    all the others see. Arrays are marked through views, so no other holder of the data is affected;
+    containers come back rebuilt around those views (a dataclass through `dataclasses.replace`).
+    """
+    if isinstance(value, np.ndarray):
+        view = value.view()
+        view.setflags(write=False)
+        return view
+    if type(value) in (tuple, list):
+        return type(value)(read_only(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: read_only(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **changes)
+    return value
+
+
 @st.cache_resource(show_spinner=False, max_entries=6)
 def _trace(key: str, text: str, max_tokens: int, _loaded):
     from core.inspection.trace import TraceConfig, run_trace
@@ -167,11 +225,13 @@ def _vocab(key: str, _loaded):
     from core.retrieval.embeddings import unit_rows
 
     matrix = embedding_matrix(_loaded.model)
-    return vocab_strings(_loaded.tokenizer), np.ascontiguousarray(unit_rows(matrix)), matrix
+    strings = tuple(vocab_strings(_loaded.tokenizer))
+    return read_only((strings, np.ascontiguousarray(unit_rows(matrix)), matrix))
 
 
 def vocabulary(loaded):
-    """(readable strings [V], unit-length embedding rows [V, d], raw embedding rows [V, d])."""
+    """(readable strings [V], unit-length embedding rows [V, d], raw embedding rows [V, d]), read-only:
+    one copy is shared by every session."""
     return _vocab(model_key(loaded), loaded)
 
 
@@ -186,23 +246,46 @@ def gpt2_tokenizer():
 def _lens(key: str, text: str, n_tokens: int, positions: tuple[int, ...], _loaded, _trace):
     from core.inspection.layers import logit_lens
 
-    return logit_lens(_loaded, _trace, positions)
+    return read_only(logit_lens(_loaded, _trace, positions))
 
 
 def logit_lens(loaded, trace, positions) -> object:
-    """The logit lens for these positions, computed once per model, traced text and window."""
+    """The logit lens for these positions, computed once per model, traced text and window (its
+    arrays read-only: shared by every session)."""
     window = tuple(int(p) for p in positions)
     return _lens(model_key(loaded), trace.text, trace.n_tokens, window, loaded, trace)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _derived(name: str, key: str, text: str, n_tokens: int, _fn, _trace):
-    return _fn(_trace)
+def _derived(fn_id: str, key: str, text: str, n_tokens: int, _fn, _trace):
+    return read_only(_fn(_trace))
 
 
-def derived(name: str, fn, loaded, trace):
-    """`fn(trace)` computed once per model and traced text (e.g. head patterns, the all-heads check)."""
-    return _derived(name, model_key(loaded), trace.text, trace.n_tokens, fn, trace)
+def function_id(fn: Callable) -> str:
+    """`module.qualname` of a module-level function: names a cached computation. Lambdas and nested
+    functions are refused, since two of them can share one name and would share one cache entry."""
+    qualname = getattr(fn, "__qualname__", "")
+    if not qualname or "<" in qualname:
+        raise TypeError(f"cache a module-level function, not {fn!r}: its name must say what it computes")
+    return f"{fn.__module__}.{qualname}"
+
+
+def derived(fn: Callable, loaded, trace):
+    """`fn(trace)` computed once per function, model and traced text (e.g. head patterns, the
+    all-heads check); arrays in the result are read-only, as it is shared by every session."""
+    return _derived(function_id(fn), model_key(loaded), trace.text, trace.n_tokens, fn, trace)
+
+
+@st.cache_resource(show_spinner="Running the text with its positions removed…", max_entries=8)
+def _position_effect(key: str, text: str, _loaded):
+    from core.inspection.positions import position_effect
+
+    return read_only(position_effect(_loaded, text))
+
+
+def position_effect(loaded, text: str):
+    """`text` with positions kept and removed (`position_effect`), once per model and text."""
+    return _position_effect(model_key(loaded), text, loaded)
 
 
 @st.cache_resource(show_spinner="Running both texts with and without positions…", max_entries=8)
@@ -220,20 +303,20 @@ def order_effect(loaded, text_a: str, text_b: str):
 @st.cache_resource(show_spinner=False)
 def training_job():
     """The one training job of this process, shared by every browser session."""
-    from core.jobs import TrainingJob
+    from core.training.jobs import TrainingJob
 
     return TrainingJob()
 
 
 @st.cache_resource(show_spinner="Timing one training step of this model…", max_entries=16)
 def _step_timing(key: str, seq_len: int, train_part: str, n_last_blocks: int, bf16: bool, _loaded, _config):
-    from core.jobs import time_step
+    from core.training.estimate import time_step
 
     return time_step(_loaded.model, _config)
 
 
 def step_timing(loaded, config):
-    """One training step of the loaded model under `config` (`core.jobs.time_step`), timed once per
+    """One training step of the loaded model under `config` (`estimate.time_step`), timed once per
     model and per setting that changes a step's work: sequence length, what trains, bf16."""
     n_last = config.n_last_blocks if config.train_part == "last_n_blocks" else 0
     key = model_key(loaded)

@@ -10,6 +10,7 @@ import streamlit as st
 from core.inspection.tokens import readable
 from core.views.charts import to_png, to_svg
 from core.views.export import to_csv_bytes, to_npz_bytes
+from ui.state import Between, persist
 
 MAX_WINDOW = 32  # tokens drawn at once in per-token charts
 
@@ -53,9 +54,8 @@ def token_window(n_tokens: int, key: str, size: int = MAX_WINDOW) -> slice:
         f"Token window (showing {size} of {n_tokens})",
         0,
         n_tokens - size,
-        n_tokens - size,
-        key=key,
         help="Long texts are shown a window at a time so charts stay readable.",
+        **persist(key, n_tokens - size, allowed=Between(0, n_tokens - size)),
     )
     return slice(start, start + size)
 
@@ -63,13 +63,13 @@ def token_window(n_tokens: int, key: str, size: int = MAX_WINDOW) -> slice:
 def token_picker(
     pieces: Sequence[str], label: str, key: str, default: int | None = None, container=st
 ) -> int:
+    """A selectbox of token positions, remembered across pages while the text has that many tokens."""
     n = len(pieces)
     return container.selectbox(
         label,
         range(n),
-        index=n - 1 if default is None else min(default, n - 1),
         format_func=lambda i: f"{i}: {readable(pieces[i])}",
-        key=key,
+        **persist(key, n - 1 if default is None else min(default, n - 1), allowed=range(n)),
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from core.errors import InputError
 from core.inspection.trace import Trace
+from core.model.families import family_of
 from core.tolerance import CheckResult, check_within, float32_tolerance, softmax_tolerance, worst
 
 
@@ -168,34 +169,49 @@ def head_patterns(trace: Trace) -> HeadPatterns:
 
 
 @dataclass(frozen=True)
-class FusedSplit:
-    """GPT-2 computes Q, K and V with one matrix c_attn [d, 3d]; this is how it splits."""
+class QKVSplit:
+    """How a family computes q, k and v from one block's input, recomputed and checked."""
 
-    weight_shape: tuple[int, int]  # (d, 3d)
-    part_shape: tuple[int, int]  # (d, d) for each of W_q, W_k, W_v
-    head_slices: tuple[tuple[int, int], ...]  # [H] column range of each head inside W_q (and W_k, W_v)
-    check: CheckResult  # max |split(ln_1(x)·W + b) − the trace's Q, K, V| for the layer, vs rounding
+    layout: str  # the family's layout in words, e.g. "one fused projection c_attn, laid out [q | k | v]"
+    modules: tuple[tuple[str, tuple[int, ...]], ...]  # (attribute name, weight shape) of each projection
+    check: CheckResult  # max |projections of norm(x), split − the trace's Q, K, V before rotary|
 
 
-def gpt2_fused_split(loaded, trace: Trace, layer: int) -> FusedSplit:
-    """Recompute layer `layer`'s Q, K, V from its input with the fused matrix, split in three."""
+def qkv_split(loaded, trace: Trace, layer: int) -> QKVSplit:
+    """Recompute layer `layer`'s q, k, v from its input: the attention norm, the family's projection(s),
+    the family's split into heads. Compared with the trace's vectors before any rotary."""
     import torch
 
-    block = loaded.model.transformer.h[layer]
-    d, H, dh = loaded.info.d_model, loaded.info.n_head, loaded.info.d_head
+    family = family_of(loaded.model)
+    parts = family.parts(loaded.model)
+    info = loaded.info
+    T = trace.n_tokens
     with torch.inference_mode():
-        x = block.ln_1(torch.as_tensor(trace.residual[layer]))
-        fused = (x @ block.attn.c_attn.weight + block.attn.c_attn.bias).numpy()  # [T, 3d]
-    parts = fused.reshape(trace.n_tokens, 3, H, dh).transpose(1, 2, 0, 3)  # [3, H, T, dh]
+        x = parts.attention_norm(layer)(torch.tensor(trace.residual[layer])[None])  # [1, T, d]
+        outputs = [module(x) for module in parts.qkv_modules(layer)]
+        q, k, v = (
+            t[0].reshape(T, n, info.d_head).transpose(0, 1).numpy()  # [n, T, dh]
+            for t, n in zip(
+                family.split_qkv(outputs, info.n_head, info.n_kv_head, info.d_head),
+                (info.n_head, info.n_kv_head, info.n_kv_head),
+                strict=True,
+            )
+        )
+    q_model = trace.q if trace.q_pre_rotary is None else trace.q_pre_rotary
+    k_model = trace.k if trace.k_pre_rotary is None else trace.k_pre_rotary
     error = max(
-        float(np.abs(parts[i] - arr[layer]).max()) for i, arr in enumerate((trace.q, trace.k, trace.v))
+        float(np.abs(ours - theirs[layer]).max())
+        for ours, theirs in ((q, q_model), (k, k_model), (v, trace.v))
     )
-    return FusedSplit(
-        weight_shape=tuple(block.attn.c_attn.weight.shape),
-        part_shape=(d, d),
-        head_slices=tuple((h * dh, (h + 1) * dh) for h in range(H)),
-        # Every output is a d-term dot product of a row of ln_1(x) with a column of c_attn.
-        check=CheckResult(error=error, tolerance=float32_tolerance(fused, reduction_length=d)),
+    reference = max(float(np.abs(t).max()) for t in (q, k, v))
+    return QKVSplit(
+        layout=family.qkv_layout,
+        modules=tuple(
+            (name, tuple(module.weight.shape))
+            for name, module in zip(family.qkv_attrs, parts.qkv_modules(layer), strict=True)
+        ),
+        # Every output is a d-term dot product of a row of norm(x) with a column of the projection.
+        check=CheckResult(error=error, tolerance=float32_tolerance(reference, reduction_length=info.d_model)),
     )
 
 

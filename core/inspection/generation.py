@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.errors import InputError
+from core.errors import InputError, SettingsError
 from core.inspection.sampling import (
     LN2,
     Entropy,
@@ -240,9 +240,9 @@ def generate_steps(
     """
     config = config or SamplingConfig()
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
-        raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS} (try 32).")
+        raise SettingsError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS} (try 32).")
     if top_n < 1:
-        raise ValueError("top_n must be at least 1 (try 10).")
+        raise SettingsError("top_n must be at least 1 (try 10).")
     ids, _pieces, _offsets, _n = tokenize(loaded, text)
     _check_length(loaded, len(ids), max_new_tokens)
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from core.errors import InputError
 from core.inspection.trace import Trace
-from core.model.loading import GPT2_FAMILY, LoadedModel
+from core.model.families import family_of
+from core.model.loading import LoadedModel
 from core.tolerance import CheckResult, check_close, check_within, log_softmax_tolerance
 
 
@@ -77,8 +78,17 @@ def rank_of_targets(logits, targets) -> np.ndarray:
     return (logits > target_logits).sum(axis=-1).astype(np.int64)
 
 
-def logit_lens(loaded: LoadedModel, trace: Trace, positions, k: int = 3) -> LogitLens:
-    """Final norm + unembedding applied to every layer's residual at `positions`."""
+def layer_labels(n_layer: int) -> list[str]:
+    """Names of the L+1 residual-stream rows: the block input, then after every block."""
+    return ["input"] + [f"after block {i}" for i in range(n_layer)]
+
+
+def logit_lens(loaded: LoadedModel, trace: Trace, positions, k: int = 3, targets=None) -> LogitLens:
+    """Final norm + unembedding applied to every layer's residual at `positions`.
+
+    The token tracked at each position is the text's real next token, or `targets[i]` when given
+    (-1: none). This is the one logit lens: the layers station and the before/after view both use it.
+    """
     import torch
 
     from core.inspection.lens import final_norm_and_head
@@ -94,7 +104,11 @@ def logit_lens(loaded: LoadedModel, trace: Trace, positions, k: int = 3) -> Logi
         raise InputError(f"Token positions must be within 0–{trace.n_tokens - 1}.")
     norm, head = final_norm_and_head(loaded)
     T = trace.n_tokens
-    targets = np.array([trace.token_ids[p + 1] if p + 1 < T else -1 for p in positions])
+    if targets is None:
+        targets = np.array([trace.token_ids[p + 1] if p + 1 < T else -1 for p in positions])
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(targets) != len(positions) or targets.max(initial=-1) >= trace.last_logits.shape[-1]:
+        raise InputError("Each lens position needs one target token id inside the vocabulary (or -1).")
     n_layers = trace.residual.shape[0]
     top_ids = np.zeros((n_layers, len(positions), k), dtype=np.int64)
     top_probs = np.zeros((n_layers, len(positions), k), dtype=np.float32)
@@ -104,7 +118,7 @@ def logit_lens(loaded: LoadedModel, trace: Trace, positions, k: int = 3) -> Logi
     safe_targets = np.where(has_target, targets, 0)
     with torch.inference_mode():
         for layer in range(n_layers):
-            x = torch.as_tensor(trace.residual[layer, positions])
+            x = torch.tensor(trace.residual[layer, positions])
             logits = head(norm(x)).float()  # [P, V]
             log_p = torch.log_softmax(logits, dim=-1)
             lp_top, i_top = log_p.topk(k, dim=-1)
@@ -164,15 +178,15 @@ def norm_effect(loaded: LoadedModel, trace: Trace, layer: int, position: int) ->
         raise InputError(f"Layer {layer} does not exist: choose 0–{trace.n_layer - 1}.")
     if not 0 <= position < trace.n_tokens:
         raise InputError(f"Token {position} does not exist: choose 0–{trace.n_tokens - 1}.")
-    gpt2 = loaded.info.family == GPT2_FAMILY
-    block = loaded.model.transformer.h[layer] if gpt2 else loaded.model.model.layers[layer]
-    module = block.ln_1 if gpt2 else block.input_layernorm
+    family = family_of(loaded.model)
+    module = family.parts(loaded.model).attention_norm(layer)
+    layer_norm = family.norm == "LayerNorm"  # else RMSNorm: no centring, no bias
     x = trace.residual[layer, position].astype(np.float64)
     with torch.inference_mode():
-        after = module(torch.as_tensor(trace.residual[layer, position])).numpy().astype(np.float64)
+        after = module(torch.tensor(trace.residual[layer, position])).numpy().astype(np.float64)
     gain = module.weight.detach().numpy().astype(np.float64)
     bias = None
-    if gpt2:
+    if layer_norm:
         eps = module.eps
         spread = np.sqrt(x.var() + eps)  # σ
         normalised = (x - x.mean()) / spread

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.model.families import model_parts
 from core.model.loading import LoadedModel
-from core.training.parts import model_parts
 
 
 def final_norm_and_head(loaded: LoadedModel):
@@ -20,5 +20,5 @@ def unembed(loaded: LoadedModel, vectors: np.ndarray) -> np.ndarray:
 
     norm, head = final_norm_and_head(loaded)
     with torch.inference_mode():
-        x = torch.as_tensor(np.ascontiguousarray(vectors), dtype=torch.float32)
+        x = torch.tensor(np.asarray(vectors), dtype=torch.float32)  # a copy: trace arrays are read-only
         return head(norm(x)).numpy()

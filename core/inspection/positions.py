@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import InputError
+from core.errors import InputError, SettingsError
 from core.inspection.trace import Trace
-from core.model.loading import GPT2_FAMILY, LoadedModel
+from core.model.families import model_parts
+from core.model.loading import LoadedModel
 from core.tolerance import CheckResult, check_close, float64_tolerance
 
 
@@ -61,7 +62,7 @@ class OffsetCheck:
         """max − min of q·k over the pairs `offset` apart: rotary says 0, up to rounding."""
         same = [dot for dot, o in zip(self.dots, self.offsets, strict=True) if o == offset]
         if not same:
-            raise ValueError(f"No pair is {offset} apart.")
+            raise SettingsError(f"No pair is {offset} apart.")
         return CheckResult(error=max(same) - min(same), tolerance=self.tolerance)
 
 
@@ -86,14 +87,15 @@ def rotary_check(trace: Trace) -> CheckResult:
     max|q| · (1 + the largest angle), over 2 rounded terms.
     """
     if trace.rotary is None or trace.q_pre_rotary is None:
-        raise ValueError("This trace has no rotary positions (a GPT-2 model adds a position vector instead).")
+        raise InputError("This trace has no rotary positions (its model adds a position vector instead).")
     inv_freq = trace.rotary.inv_freq
     positions = trace.rotary.positions
-    half = len(inv_freq)
-    angles = positions[:, None] * inv_freq[None, :]  # [T, dh/2]
+    half = len(inv_freq)  # pairs rotated; partial rotary (GPT-NeoX) passes the other dims through
+    angles = positions[:, None] * inv_freq[None, :]  # [T, rotary_dim/2]
     cos, sin = np.cos(angles), np.sin(angles)
-    first, second = trace.q_pre_rotary[..., :half], trace.q_pre_rotary[..., half:]
-    ours = np.concatenate([first * cos - second * sin, first * sin + second * cos], axis=-1)
+    first, second = trace.q_pre_rotary[..., :half], trace.q_pre_rotary[..., half : 2 * half]
+    passed = trace.q_pre_rotary[..., 2 * half :]
+    ours = np.concatenate([first * cos - second * sin, first * sin + second * cos, passed], axis=-1)
     largest_angle = float(np.max(positions, initial=0)) * float(np.max(inv_freq))
     reference = np.abs(trace.q_pre_rotary).max() * (1.0 + largest_angle)
     return check_close(ours, trace.q, reduction_length=2, reference=reference)
@@ -127,12 +129,13 @@ def positions_removed(loaded: LoadedModel) -> Iterator[None]:
     import torch
 
     owner = threading.get_ident()
-    if loaded.info.family == GPT2_FAMILY:
+    parts = model_parts(loaded.model)
+    if parts.position_embedding is not None:
 
         def zero_position_vectors(_module, _args, output):
             return torch.zeros_like(output) if threading.get_ident() == owner else None
 
-        handle = loaded.model.transformer.wpe.register_forward_hook(zero_position_vectors)
+        handle = parts.position_embedding.register_forward_hook(zero_position_vectors)
     else:
 
         def position_zero(_module, args, kwargs):
@@ -142,7 +145,7 @@ def positions_removed(loaded: LoadedModel) -> Iterator[None]:
                 return args, {**kwargs, "position_ids": torch.zeros_like(kwargs["position_ids"])}
             return (args[0], torch.zeros_like(args[1]), *args[2:]), kwargs
 
-        handle = loaded.model.model.rotary_emb.register_forward_pre_hook(position_zero, with_kwargs=True)
+        handle = parts.rotary_embedding.register_forward_pre_hook(position_zero, with_kwargs=True)
     try:
         yield
     finally:
@@ -211,11 +214,8 @@ def position_run(loaded: LoadedModel, text: str, keep_positions: bool, k: int = 
     import torch
 
     from core.inspection.trace import TraceConfig, tokenize
-    from core.training.parts import model_parts
 
-    max_tokens = TraceConfig().max_tokens
-    if loaded.info.family == GPT2_FAMILY:
-        max_tokens = min(max_tokens, loaded.info.max_positions)
+    max_tokens = min(TraceConfig().max_tokens, loaded.info.max_positions)
     ids, _, _, _ = tokenize(loaded, text, max_tokens)
     owner = threading.get_ident()
     captured = {}

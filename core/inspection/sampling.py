@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.errors import InputError
+from core.errors import InputError, SettingsError
 
 LN2 = math.log(2.0)
 # Top-p first looks for its cut among this many of the most likely tokens (×4 until the mass is
@@ -37,17 +37,17 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature):
-            raise ValueError("temperature must be a finite number (try 1.0).")
+            raise SettingsError("temperature must be a finite number (try 1.0).")
         if self.temperature < 0:
-            raise ValueError(
+            raise SettingsError(
                 "temperature must be 0 or more (0 = always pick the most likely token; try 1.0)."
             )
         if self.top_k < 0:
-            raise ValueError("top_k must be 0 (off) or a positive number of tokens to keep (try 50).")
+            raise SettingsError("top_k must be 0 (off) or a positive number of tokens to keep (try 50).")
         if not 0.0 <= self.top_p <= 1.0:  # also rejects NaN
-            raise ValueError("top_p must be between 0 and 1 (1 = off; try 0.9).")
+            raise SettingsError("top_p must be between 0 and 1 (1 = off; try 0.9).")
         if self.seed < 0:
-            raise ValueError("seed must be a whole number, 0 or more (try 0).")
+            raise SettingsError("seed must be a whole number, 0 or more (try 0).")
 
     @property
     def is_greedy(self) -> bool:
@@ -246,7 +246,8 @@ def reshape(logits, config: SamplingConfig | None = None) -> Distribution:
     Raises ValueError for a wrong shape and InputError for NaN / +inf logits.
     """
     config = config or SamplingConfig()
-    r = reshape_torch(torch.as_tensor(logits), config)
+    # A copy: cached logits are read-only, and torch warns on (and must not write into) those.
+    r = reshape_torch(logits.clone() if torch.is_tensor(logits) else torch.tensor(np.asarray(logits)), config)
     return Distribution(
         config=config,
         original=_np(r.log_original.exp()),
@@ -266,7 +267,7 @@ def top_entries(dist: Distribution, strings: list[str], n: int = 15) -> list[Tok
     Ties rank the lower id first. Cut-off tokens stay in the list (kept=False) so the chart can grey them out.
     """
     if n < 1:
-        raise ValueError("n must be at least 1 (try 15).")
+        raise SettingsError("n must be at least 1 (try 15).")
     n = min(n, dist.vocab_size)
     ids = np.argsort(-dist.original, kind="stable")[:n]
     return [

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
 
 from core.errors import InputError
 from core.retrieval.embeddings import pca_2d
-
-# Pastel colours that keep black text readable; pieces cycle through them.
-PIECE_COLOURS = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#e5e7eb")
 
 
 @dataclass(frozen=True)
@@ -107,21 +103,6 @@ def neighbourhood_map(
         MapPoint(tid, strings[tid], float(x), float(y), kind, anchor)
         for tid, (x, y), (kind, anchor) in zip(rows, coords, meta, strict=True)
     ]
-
-
-def pieces_html(pieces: list[str] | tuple[str, ...], ids: list[int] | np.ndarray) -> str:
-    """The text as coloured token pieces with their ids underneath, as safe HTML."""
-    spans = []
-    for i, (piece, token_id) in enumerate(zip(pieces, ids, strict=True)):
-        colour = PIECE_COLOURS[i % len(PIECE_COLOURS)]
-        spans.append(
-            f'<span title="position {i} · id {int(token_id)}" style="display:inline-block;'
-            f"background:{colour};color:#111;border-radius:4px;padding:2px 4px;margin:2px;"
-            f'font-family:monospace;text-align:center;line-height:1.2">'
-            f"{html.escape(readable(piece)) or '&nbsp;'}<br>"
-            f"<small style='color:#555'>{int(token_id)}</small></span>"
-        )
-    return '<div style="line-height:2.2">' + "".join(spans) + "</div>"
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,15 @@ dh = head width, V = vocabulary, k = top-k kept per position.
 from __future__ import annotations
 
 import logging
-import sys
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from core.errors import InputError
-from core.model.loading import GPT2_FAMILY, LoadedModel, rope_theta
+from core.errors import InputError, SettingsError
+from core.model.families import HOOK_EMBED, HOOK_POS, family_of, rope_theta
+from core.model.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,9 @@ class TraceConfig:
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1 (try 512).")
+            raise SettingsError("max_tokens must be at least 1 (try 512).")
         if not 1 <= self.top_k <= 1000:
-            raise ValueError("top_k must be between 1 and 1000 (try 10).")
+            raise SettingsError("top_k must be between 1 and 1000 (try 10).")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Trace:
     """Everything one forward pass of one text produced. Arrays are float32 numpy, batch dropped."""
 
     text: str  # the traced text (already cut to max_tokens)
-    family: str  # "gpt2" or "llama"
+    family: str  # registry name of the model's family (core.model.families)
     model_name: str
     truncated: bool  # True when the input had more than max_tokens tokens
     n_tokens_in_text: int  # token count of the whole original text
@@ -86,22 +87,22 @@ class Trace:
         For Llama-sized models at 512 tokens this is hundreds of MB, so the pass itself keeps the
         per-layer arrays and only pages that need the whole block pay for stacking it.
         """
-        return np.stack(self.attention_layers)
+        return _frozen(np.stack(self.attention_layers))
 
     @cached_property
     def head_outputs(self) -> np.ndarray:
         """[L, H, T, dh] each head's output, built on first use from `head_output_layers`."""
-        return np.stack([h.transpose(1, 0, 2) for h in self.head_output_layers])
+        return _frozen(np.stack([h.transpose(1, 0, 2) for h in self.head_output_layers]))
 
     @cached_property
     def attn_out(self) -> np.ndarray:
         """[L, T, d] the attention blocks' contributions, stacked on first use."""
-        return np.stack(self.attn_out_layers)
+        return _frozen(np.stack(self.attn_out_layers))
 
     @cached_property
     def mlp_out(self) -> np.ndarray:
         """[L, T, d] the MLPs' contributions, stacked on first use."""
-        return np.stack(self.mlp_out_layers)
+        return _frozen(np.stack(self.mlp_out_layers))
 
     @property
     def n_tokens(self) -> int:
@@ -150,18 +151,30 @@ def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """Read-only: a trace is cached and shared by every session, so no page may write into it."""
+    a.setflags(write=False)
+    return a
+
+
 def _np(t) -> np.ndarray:
-    return t.detach().to("cpu").float().numpy()
+    return _frozen(t.detach().to("cpu").float().numpy())
 
 
 def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None) -> Trace:
-    """Run `text` through the model once and capture every intermediate vector with hooks."""
+    """Run `text` through the model once and capture every intermediate vector with hooks.
+
+    The hooks are found through the model's family (core.model.families) and record only calls made
+    from this thread: the model is shared, and another session may be running it at the same time.
+    """
     import torch
 
     config = config or TraceConfig()
     model, info = loaded.model, loaded.info
+    family = family_of(model)
+    parts = family.parts(model)
     ids, pieces, byte_offsets, n_total = tokenize(loaded, text, config.max_tokens)
-    if info.family == GPT2_FAMILY and len(ids) > info.max_positions:
+    if len(ids) > info.max_positions:
         ids, pieces, byte_offsets = (
             ids[: info.max_positions],
             pieces[: info.max_positions],
@@ -169,68 +182,65 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
         )
     T = len(ids)
     traced_text = text if T == n_total else text[: _char_end(text, byte_offsets[-1][1])]
+    L = len(parts.blocks)
+    learned = parts.position_embedding is not None
 
-    is_gpt2 = info.family == GPT2_FAMILY
-    if is_gpt2:
-        embed, blocks = model.transformer.wte, model.transformer.h
-        attns = [b.attn for b in blocks]
-        q_mods = [a.c_attn for a in attns]
-        o_mods = [a.c_proj for a in attns]
-    else:
-        embed, blocks = model.model.embed_tokens, model.model.layers
-        attns = [b.self_attn for b in blocks]
-        o_mods = [a.o_proj for a in attns]
-
-    got: dict[str, list] = {
-        k: [None] * len(blocks) for k in ("q", "k", "v", "w", "heads", "attn", "mlp", "block_out", "rope")
-    }
-    got["embed"], got["pos"], got["block_in"] = [None], [None], [None]
+    got: dict[str, list] = {k: [None] * L for k in ("qkv", "w", "heads", "attn", "mlp", "block_out")}
+    got["embed"], got["pos"], got["block_in"], got["rope"] = [None], [None], [None], [None]
+    owner = threading.get_ident()
     handles = []
+
+    def mine() -> bool:
+        return threading.get_ident() == owner
 
     def keep(name, index=0):
         def hook(_module, _args, output):
-            got[name][index] = _first(output)
+            if mine():
+                got[name][index] = _first(output)
 
         return hook
 
     try:
-        handles.append(embed.register_forward_hook(keep("embed")))
-        if is_gpt2:
-            handles.append(model.transformer.wpe.register_forward_hook(keep("pos")))
+        handles.append(parts.hook_module(HOOK_EMBED).register_forward_hook(keep("embed")))
+        if learned:
+            handles.append(parts.hook_module(HOOK_POS).register_forward_hook(keep("pos")))
 
         def block_input_hook(_module, args, kwargs):
-            got["block_in"][0] = args[0] if args else kwargs["hidden_states"]
+            if mine():
+                got["block_in"][0] = args[0] if args else kwargs["hidden_states"]
 
-        handles.append(blocks[0].register_forward_pre_hook(block_input_hook, with_kwargs=True))
-        for i, (block, attn, o_mod) in enumerate(zip(blocks, attns, o_mods, strict=True)):
+        handles.append(parts.blocks[0].register_forward_pre_hook(block_input_hook, with_kwargs=True))
+        for i in range(L):
 
             def attn_hook(_module, _args, output, i=i):
-                got["attn"][i], got["w"][i] = output[0], output[1]
+                if mine():
+                    got["attn"][i], got["w"][i] = output[0], output[1]
 
             def heads_hook(_module, args, i=i):
-                got["heads"][i] = args[0]
+                if mine():
+                    got["heads"][i] = args[0]
 
+            attn = parts.attention(i)
             handles.append(attn.register_forward_hook(attn_hook))
-            handles.append(o_mod.register_forward_pre_hook(heads_hook))
-            handles.append(block.mlp.register_forward_hook(keep("mlp", i)))
-            handles.append(block.register_forward_hook(keep("block_out", i)))
-            if is_gpt2:
+            handles.append(parts.out_projection(i).register_forward_pre_hook(heads_hook))
+            handles.append(parts.mlp(i).register_forward_hook(keep("mlp", i)))
+            handles.append(parts.blocks[i].register_forward_hook(keep("block_out", i)))
+            projections = parts.qkv_modules(i)
+            got["qkv"][i] = [None] * len(projections)
+            for j, module in enumerate(projections):
 
-                def qkv_hook(_module, _args, output, i=i):
-                    got["q"][i], got["k"][i], got["v"][i] = output.split(info.d_model, dim=-1)
+                def qkv_hook(_module, _args, output, i=i, j=j):
+                    if mine():
+                        got["qkv"][i][j] = output
 
-                handles.append(q_mods[i].register_forward_hook(qkv_hook))
-            else:
-                handles.append(attn.q_proj.register_forward_hook(keep("q", i)))
-                handles.append(attn.k_proj.register_forward_hook(keep("k", i)))
-                handles.append(attn.v_proj.register_forward_hook(keep("v", i)))
+                handles.append(module.register_forward_hook(qkv_hook))
+            if i == 0 and not learned:  # every layer rotates with the same (cos, sin) tables
 
-                if i == 0:  # every layer rotates with the same (cos, sin) tables
-
-                    def rope_hook(_module, _args, kwargs):
+                def rope_hook(_module, _args, kwargs):
+                    if mine():
                         got["rope"][0] = kwargs["position_embeddings"]
 
-                    handles.append(attn.register_forward_pre_hook(rope_hook, with_kwargs=True))
+                handles.append(attn.register_forward_pre_hook(rope_hook, with_kwargs=True))
 
         with torch.inference_mode():
             out = model(input_ids=torch.as_tensor(ids)[None], use_cache=False)
@@ -245,20 +255,20 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
             def heads(x, n):  # [1, T, n*dh] -> [n, T, dh]
                 return x[0].view(T, n, info.d_head).transpose(0, 1)
 
-            q = torch.stack([heads(t, info.n_head) for t in got["q"]])
-            k = torch.stack([heads(t, info.n_kv_head) for t in got["k"]])
-            v = torch.stack([heads(t, info.n_kv_head) for t in got["v"]])
+            split = [family.split_qkv(outs, info.n_head, info.n_kv_head, info.d_head) for outs in got["qkv"]]
+            q = torch.stack([heads(qi, info.n_head) for qi, _, _ in split])
+            k = torch.stack([heads(ki, info.n_kv_head) for _, ki, _ in split])
+            v = torch.stack([heads(vi, info.n_kv_head) for _, _, vi in split])
             rotary = None
             q_pre = k_pre = None
-            if not is_gpt2:
-                apply_rotary = sys.modules[type(attns[0]).__module__].apply_rotary_pos_emb
+            if not learned:
                 cos, sin = got["rope"][0]
                 q_pre, k_pre = q, k
-                q, k = apply_rotary(q_pre, k_pre, cos[0], sin[0], unsqueeze_dim=0)
+                q, k = family.apply_rotary(model)(q_pre, k_pre, cos[0], sin[0], unsqueeze_dim=0)
                 rotary = RotaryInfo(
                     theta=rope_theta(model.config),
-                    d_head=info.d_head,
-                    inv_freq=_np(model.model.rotary_emb.inv_freq),  # the model's own angular speeds
+                    d_head=cos.shape[-1],  # the rotated width: d_head, or less for partial rotary
+                    inv_freq=_np(parts.rotary_embedding.inv_freq),  # the model's own angular speeds
                     positions=np.arange(T),
                     cos=_np(cos[0]),
                     sin=_np(sin[0]),
@@ -274,11 +284,11 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
         model_name=info.name,
         truncated=T < n_total,
         n_tokens_in_text=n_total,
-        token_ids=ids,
+        token_ids=_frozen(ids),
         pieces=pieces,
         byte_offsets=byte_offsets,
         token_embeddings=_np(got["embed"][0][0]),
-        position_vectors=_np(got["pos"][0][0]) if is_gpt2 else None,
+        position_vectors=_np(got["pos"][0][0]) if learned else None,
         rotary=rotary,
         block_input=_np(got["block_in"][0][0]),
         q=_np(q),
@@ -291,12 +301,12 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
         attn_out_layers=tuple(_np(a[0]) for a in got["attn"]),
         mlp_out_layers=tuple(_np(m[0]) for m in got["mlp"]),
         residual=_np(residual),
-        scaling=float(attns[0].scaling),
-        top_ids=top_ids.numpy(),
-        top_probs=top_lp.exp().numpy(),
-        target_logprobs=target_lp.numpy(),
+        scaling=float(parts.attention(0).scaling),
+        top_ids=_frozen(top_ids.numpy()),
+        top_probs=_np(top_lp.exp()),
+        target_logprobs=_np(target_lp),
         last_logits=_np(logits[-1]),
-        last_probs=last_probs.numpy(),
+        last_probs=_np(last_probs),
     )
 
 

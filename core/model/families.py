@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from core.errors import UnsupportedModelError
+
+if TYPE_CHECKING:  # torch is imported lazily: the app draws its first page before any model loads
+    from torch import nn
 
 LEARNED = "learned"  # a learned absolute position table added to the token embedding (GPT-2's wpe)
 ROTARY = "rotary"  # queries and keys rotated by position (RoPE)
@@ -55,6 +56,10 @@ class ModelParts:
     def out_projection(self, i: int) -> nn.Module:
         """Block i's attention output projection; its input is the heads' outputs [B, T, H·dh]."""
         return getattr(self.attention(i), self.family.out_proj_attr)
+
+    def attention_norm(self, i: int) -> nn.Module:
+        """Block i's norm in front of attention (ln_1 / input_layernorm)."""
+        return getattr(self.blocks[i], self.family.attention_norm_attr)
 
     def mlp(self, i: int) -> nn.Module:
         return self.blocks[i].mlp
@@ -113,6 +118,7 @@ class Family:
     final_norm_attr: str  # on the stack: the final norm
     rotary_attr: str | None  # on the stack: the rotary module (None for learned positions)
     attention_attr: str  # on a block: its attention module
+    attention_norm_attr: str  # on a block: the norm in front of attention
     out_proj_attr: str  # on the attention module: its output projection
     qkv_attrs: tuple[str, ...]  # on the attention module: the q/k/v projection(s), in order
     split_qkv: Callable  # (outputs of qkv_attrs, n_head, n_kv_head, d_head) -> q, k, v [B, T, n·dh]
@@ -134,6 +140,14 @@ class Family:
             rotary_embedding=getattr(inner, self.rotary_attr) if self.rotary_attr else None,
             max_positions=self.dimensions(model.config).max_positions,
         )
+
+    def describe_positions(self, config: Any) -> str:
+        """One line for the model card, e.g. "rotary (RoPE, θ=100000)"."""
+        if self.positions == LEARNED:
+            return f"learned absolute table ({self.pos_attr})"
+        dims = self.dimensions(config)
+        part = "" if dims.rotary_dim == dims.d_head else f", first {dims.rotary_dim} of {dims.d_head} dims"
+        return f"rotary (RoPE, θ={rope_theta(config):g}{part})"
 
     def apply_rotary(self, model: Any) -> Callable:
         """The model's own `apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim)` (None for learned)."""
@@ -163,7 +177,7 @@ def _split_fused_per_head(outputs, n_head: int, n_kv_head: int, d_head: int):
     (qkv,) = outputs
     B, T, _ = qkv.shape
     q, k, v = qkv.view(B, T, n_head, 3 * d_head).chunk(3, dim=-1)
-    return (t.reshape(B, T, n_head * d_head) for t in (q, k, v))
+    return tuple(t.reshape(B, T, n_head * d_head) for t in (q, k, v))
 
 
 # --------------------------------------------------------------------------- dimensions
@@ -248,6 +262,7 @@ GPT2 = register(
         final_norm_attr="ln_f",
         rotary_attr=None,
         attention_attr="attn",
+        attention_norm_attr="ln_1",
         out_proj_attr="c_proj",
         qkv_attrs=("c_attn",),
         split_qkv=_split_fused_concat,
@@ -271,6 +286,7 @@ def _llama_like(name: str, label: str, model_types: tuple[str, ...], qkv_note: s
         final_norm_attr="norm",
         rotary_attr="rotary_emb",
         attention_attr="self_attn",
+        attention_norm_attr="input_layernorm",
         out_proj_attr="o_proj",
         qkv_attrs=("q_proj", "k_proj", "v_proj"),
         split_qkv=_split_separate,
@@ -302,6 +318,7 @@ GPT_NEOX = register(
         final_norm_attr="final_layer_norm",
         rotary_attr="rotary_emb",
         attention_attr="attention",
+        attention_norm_attr="input_layernorm",
         out_proj_attr="dense",
         qkv_attrs=("query_key_value",),
         split_qkv=_split_fused_per_head,
@@ -318,7 +335,8 @@ def family_for_config(config) -> Family:
         if model_type in family.model_types:
             return family
     raise UnsupportedModelError(
-        f"not supported yet: {model_type} (Vector Lab traces {', '.join(supported_model_types())})"
+        f"not supported yet: {model_type} (Vector Lab traces these architectures: "
+        f"{', '.join(supported_model_types())})"
     )
 
 

@@ -2,8 +2,8 @@
 
 Every model comes back in eval mode with eager attention (so attention maps are real), from
 safetensors only and without remote code, wrapped with a `ModelInfo` that says what it is and why,
-and which exact files it came from (`identity`). `ModelStore` keeps loaded models for reuse and
-reloads one whose files changed on disk.
+and which exact files it came from (`identity`); `core.model.store.ModelStore` keeps loaded models
+for reuse and reloads one whose files changed on disk.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import shutil
 import socket
 import stat
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ModelLoadError, UnsupportedModelError
+from core.model.families import GPT2, family_for_config
 from core.paths import model_cache_dir
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 BUNDLED = "bundled-smollm2"
 BUNDLED_NAME = "SmolLM2-135M-Instruct (bundled)"
-GPT2_FAMILY = "gpt2"
-LLAMA_FAMILY = "llama"
-SUPPORTED_MODEL_TYPES = {"gpt2": GPT2_FAMILY, "llama": LLAMA_FAMILY}
 
 # Shown in the model picker; any other Hub id or local directory can be typed in.
 SUGGESTED_SPECS = (
@@ -56,7 +53,7 @@ class ModelInfo:
     spec: str  # what was asked for: "auto", a Hub id, a directory
     name: str  # human name shown in the UI
     source: str  # Hub id or directory the weights came from
-    family: str  # "gpt2" (learned positions, fused c_attn) or "llama" (rotary, GQA, RMSNorm)
+    family: str  # registry name (core.model.families): "gpt2", "llama", "qwen2", "mistral", "gpt_neox"
     n_params: int
     n_layer: int
     n_head: int  # query heads
@@ -260,12 +257,7 @@ def _from_pretrained(source: str | Path, local_only: bool):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=False)
-    family = SUPPORTED_MODEL_TYPES.get(config.model_type)
-    if family is None:
-        raise UnsupportedModelError(
-            f"not supported yet: {config.model_type} "
-            f"(Vector Lab traces GPT-2 and Llama-style models: {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
+    family = family_for_config(config)  # UnsupportedModelError before any weights are read
     model = AutoModelForCausalLM.from_pretrained(
         source,
         local_files_only=local_only,
@@ -277,7 +269,7 @@ def _from_pretrained(source: str | Path, local_only: bool):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except Exception:
-        if family != GPT2_FAMILY:
+        if family is not GPT2:
             raise
         tokenizer = gpt2_tokenizer()  # a GPT-2 directory saved without its tokenizer
     return model, tokenizer
@@ -390,79 +382,27 @@ def wrap(
     counts as built in memory and gets a fresh identity of its own.
     """
     config = model.config
-    family = SUPPORTED_MODEL_TYPES.get(config.model_type)
-    if family is None:
-        raise UnsupportedModelError(f"not supported yet: {config.model_type}")
+    family = family_for_config(config)
     model.eval()
     model.config._attn_implementation = "eager"  # real attention maps, never fused kernels
-    n_head = config.num_attention_heads
-    d_model = config.hidden_size
-    if family == GPT2_FAMILY:
-        n_kv_head = n_head
-        d_head = d_model // n_head
-        max_positions = config.n_positions
-        scheme = "learned absolute table (wpe)"
-    else:
-        n_kv_head = getattr(config, "num_key_value_heads", None) or n_head
-        d_head = getattr(config, "head_dim", None) or d_model // n_head
-        max_positions = config.max_position_embeddings
-        scheme = f"rotary (RoPE, θ={rope_theta(config):g})"
+    dims = family.dimensions(config)
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     info = ModelInfo(
         spec=spec,
         name=name,
         source=source or name,
-        family=family,
+        family=family.name,
         n_params=sum(p.numel() for p in model.parameters()),
-        n_layer=config.num_hidden_layers,
-        n_head=n_head,
-        n_kv_head=n_kv_head,
-        d_model=d_model,
-        d_head=d_head,
+        n_layer=dims.n_layer,
+        n_head=dims.n_head,
+        n_kv_head=dims.n_kv_head,
+        d_model=dims.d_model,
+        d_head=dims.d_head,
         vocab_size=config.vocab_size,
-        max_positions=max_positions,
-        position_scheme=scheme,
+        max_positions=dims.max_positions,
+        position_scheme=family.describe_positions(config),
         reason=reason,
         identity=identity or memory_identity(),
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
-
-
-class ModelStore:
-    """Loaded models for reuse, by spec, newest last; at most `capacity` kept in memory.
-
-    A cached model is handed out only while its files are still the ones it was read from: every
-    `get` compares `current_identity` (a few stat calls) with the identity it was loaded with, and
-    reads the model again when they differ, e.g. after a checkpoint was saved again under its name.
-    """
-
-    def __init__(self, capacity: int = 2, loader: Callable[..., LoadedModel] | None = None) -> None:
-        self.capacity = capacity
-        self.loader = loader or load_model
-        self.models: dict[str, LoadedModel] = {}
-        self.lock = threading.Lock()
-
-    def get(self, spec: str, progress: Progress | None = None) -> LoadedModel:
-        """The model for `spec`, loaded now or earlier; raises `ModelLoadError` with a message."""
-        with self.lock:
-            cached = self.models.pop(spec, None)  # re-inserted below as the most recently used
-            if cached is not None:
-                if current_identity(cached.info) == cached.info.identity:
-                    self.models[spec] = cached
-                    return cached
-                log.info("%s changed on disk since it was loaded; loading it again", spec)
-                del cached  # let go of the old weights before reading the new ones
-            loaded = self.loader(spec, progress)
-            self.models[spec] = loaded
-            while len(self.models) > self.capacity:
-                self.models.pop(next(iter(self.models)))
-            return loaded
-
-
-def rope_theta(config) -> float:
-    """RoPE base θ, wherever this transformers version keeps it."""
-    params = getattr(config, "rope_parameters", None) or {}
-    if isinstance(params, dict) and "rope_theta" in params:
-        return float(params["rope_theta"])
-    return float(getattr(config, "rope_theta", 10000.0))

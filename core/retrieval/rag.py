@@ -3,14 +3,13 @@ and a greedy answer from a Hugging Face causal LM that cites them."""
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import InputError
+from core.errors import InputError, SettingsError
 from core.retrieval.search import Hit
 
 log = logging.getLogger(__name__)
@@ -30,11 +29,11 @@ class RagSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 2048:
-            raise ValueError(
+            raise SettingsError(
                 f"max_new_tokens must be between 1 and 2048, got {self.max_new_tokens}; try 128."
             )
         if self.max_chars_per_source < 50:
-            raise ValueError(
+            raise SettingsError(
                 f"max_chars_per_source must be at least 50, got {self.max_chars_per_source}; try 1200."
             )
 
@@ -172,17 +171,3 @@ def answer_from_text(
         n_prompt_tokens=n_prompt,
         used_chat_template=prompt.used_chat_template,
     )
-
-
-def answer_html(answer: str, n_sources: int, anchor_prefix: str = "hit-") -> str:
-    """The answer html-escaped, with every citation [k] of an existing source linked to `#<prefix>k`."""
-
-    def link(match: re.Match[str]) -> str:
-        def one(number: re.Match[str]) -> str:
-            k = int(number.group())
-            return f'<a href="#{anchor_prefix}{k}">{k}</a>' if 1 <= k <= n_sources else number.group()
-
-        return "[" + re.sub(r"\d+", one, match.group(1)) + "]"
-
-    body = re.sub(r"\[([\d,\s]+)\]", link, html.escape(answer))
-    return f'<div style="white-space: pre-wrap; line-height: 1.6;">{body}</div>'

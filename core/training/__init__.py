@@ -1,1 +1,2 @@
-"""Fine-tuning: settings, the loop, optimizer views, checkpoints, before/after and the background job."""
+"""Fine-tuning: settings (config), the text (data), the loop (loop, results, divergence, evaluation, rng),
+optimizer views (optimizer), which parts train (parts), checkpoints, before/after (compare), the CLI (cli)."""

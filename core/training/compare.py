@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from core.errors import InputError, UnsupportedModelError
-from core.training.parts import layer_groups, model_parts
+from core.training.parts import layer_groups
 
 
 @dataclass(frozen=True)
@@ -187,37 +187,52 @@ def _target_id(tokenizer: Any, target: str | int | None) -> int | None:
     return ids[0]  # a multi-token target is tracked by its first token
 
 
-@torch.no_grad()
+def _traced(model: Any, tokenizer: Any, prompt: str):
+    """One trace of `prompt` through `model` in eval mode with eager attention (its mode restored)."""
+    from core.inspection.trace import run_trace
+    from core.model.loading import wrap
+
+    _encode(tokenizer, prompt)  # the same messages for an empty prompt as every other view
+    was_training = model.training
+    try:
+        with _eager_attention(model):
+            loaded = wrap(model, tokenizer, spec="before/after", name="before/after")
+            return loaded, run_trace(loaded, prompt)
+    finally:
+        model.train(was_training)
+
+
 def logit_lens(
     model: Any, tokenizer: Any, prompt: str, target: str | int | None = None, position: int = -1
 ) -> LogitLens:
     """Decode every layer's residual stream at `position` through the final norm and the head.
 
+    The lens of the layers station (`core.inspection.layers.logit_lens`) over a trace of the prompt;
     `target` (text or token id) is tracked across layers; text is reduced to its first token.
     """
-    parts = model_parts(model)
-    ids = _encode(tokenizer, prompt)
-    if not -ids.shape[1] <= position < ids.shape[1]:
-        raise InputError(f"position {position} is outside the prompt's {ids.shape[1]} tokens.")
-    hidden = _forward(model, ids, output_hidden_states=True).hidden_states  # n_layer+1 × [1, T, d]
-    n_layer = len(parts.blocks)
-    # hidden_states[-1] already went through the final norm inside the model; the others did not.
-    rows = [parts.final_norm(h[0, position]) for h in hidden[:n_layer]] + [hidden[n_layer][0, position]]
-    probs = torch.softmax(parts.lm_head(torch.stack(rows)).double(), dim=-1)  # [n_layer+1, vocab]
-    top_p, top_i = probs.max(dim=-1)
+    from core.inspection.layers import layer_labels
+    from core.inspection.layers import logit_lens as lens_over_trace
+
+    loaded, trace = _traced(model, tokenizer, prompt)
+    if not -trace.n_tokens <= position < trace.n_tokens:
+        raise InputError(f"position {position} is outside the prompt's {trace.n_tokens} tokens.")
     target_id = _target_id(tokenizer, target)
-    if target_id is not None and not 0 <= target_id < probs.shape[-1]:
+    if target_id is not None and not 0 <= target_id < trace.last_logits.shape[-1]:
         raise InputError(f"token id {target_id} is outside the vocabulary.")
+    lens = lens_over_trace(
+        loaded, trace, [position % trace.n_tokens], k=1, targets=[-1 if target_id is None else target_id]
+    )
+    top_ids = lens.top_ids[:, 0, 0].tolist()  # [L+1]
     return LogitLens(
         prompt=prompt,
         position=position,
-        layers=["embeddings"] + [f"block {i}" for i in range(n_layer)],
-        top_token_ids=top_i.tolist(),
-        top_tokens=[tokenizer.decode([i]) for i in top_i.tolist()],
-        top_probs=top_p.cpu().numpy(),
+        layers=layer_labels(trace.n_layer),
+        top_token_ids=top_ids,
+        top_tokens=[tokenizer.decode([i]) for i in top_ids],
+        top_probs=lens.top_probs[:, 0, 0].astype(np.float64),
         target_token_id=target_id,
         target_token=None if target_id is None else tokenizer.decode([target_id]),
-        target_probs=None if target_id is None else probs[:, target_id].cpu().numpy(),
+        target_probs=None if target_id is None else lens.target_prob[:, 0].astype(np.float64),
     )
 
 

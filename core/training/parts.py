@@ -1,59 +1,19 @@
-"""Where the trainable parts of a GPT-2 or Llama-style causal LM live, how they group into layers,
-and which of them a fine-tuning run freezes (tied input/output embeddings included)."""
+"""How a causal LM's trainable parameters group into layers and which of them a fine-tuning run
+freezes (tied input/output embeddings included). Where the parts live is the family registry's job."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from core.errors import InputError, UnsupportedModelError
+from core.errors import InputError, SettingsError
+from core.model.families import ModelParts, model_parts  # noqa: F401 - re-exported for training
 
 TRAIN_PARTS = ("all", "last_n_blocks", "embeddings")
 EMBEDDINGS_GROUP = "embeddings"
 HEAD_GROUP = "final norm/head"
-
-
-@dataclass(frozen=True)
-class ModelParts:
-    """The named pieces of a causal LM that training and the before/after views need.
-
-    GPT-2: `transformer.wte`, `transformer.wpe`, `transformer.h`, `transformer.ln_f`, `lm_head`.
-    Llama-style (Llama, SmolLM, Mistral, Qwen2): `model.embed_tokens`, `model.layers`, `model.norm`,
-    `lm_head`; positions are rotary, so there is no position table.
-    """
-
-    family: str  # "gpt2" or "llama"
-    token_embedding: nn.Embedding  # [vocab, d_model]
-    position_embedding: nn.Embedding | None  # [n_positions, d_model] for GPT-2, None for rotary
-    blocks: nn.ModuleList  # the transformer blocks, bottom to top
-    final_norm: nn.Module  # applied to the last hidden state before the head
-    lm_head: nn.Linear  # [vocab, d_model]; may share its weight with token_embedding
-    tied: bool  # lm_head.weight is token_embedding.weight (one matrix, two uses)
-    max_positions: int | None  # longest sequence the model accepts (None: not stated)
-
-
-def model_parts(model: Any) -> ModelParts:
-    """Find the embeddings, blocks, final norm and head of `model`; UnsupportedModelError otherwise."""
-    inner = getattr(model, "transformer", None)
-    if inner is not None and hasattr(inner, "h") and hasattr(inner, "wte"):
-        family, tok, pos, blocks, norm = "gpt2", inner.wte, getattr(inner, "wpe", None), inner.h, inner.ln_f
-        max_positions = getattr(model.config, "n_positions", None)
-    else:
-        inner = getattr(model, "model", None)
-        if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "embed_tokens"):
-            name = type(model).__name__
-            raise UnsupportedModelError(
-                f"{name} is not a model Vector Lab can fine-tune: it needs GPT-2's `transformer.h` or "
-                "a Llama-style `model.layers` stack."
-            )
-        family, tok, pos, blocks, norm = "llama", inner.embed_tokens, None, inner.layers, inner.norm
-        max_positions = getattr(model.config, "max_position_embeddings", None)
-    head = model.get_output_embeddings()
-    tied = head is not None and head.weight is tok.weight
-    return ModelParts(family, tok, pos, blocks, norm, head, tied, max_positions)
 
 
 def layer_groups(model: Any) -> dict[str, list[str]]:
@@ -95,7 +55,7 @@ def apply_freezing(model: Any, train_part: str, n_last_blocks: int = 1) -> list[
       moves too, because it is the same matrix. The blocks, the final norm and an untied head stay.
     """
     if train_part not in TRAIN_PARTS:
-        raise ValueError(f"train_part={train_part!r} is not one of {', '.join(map(repr, TRAIN_PARTS))}")
+        raise SettingsError(f"train_part={train_part!r} is not one of {', '.join(map(repr, TRAIN_PARTS))}")
     parts = model_parts(model)
     n_blocks = len(parts.blocks)
     if train_part == "last_n_blocks" and not 1 <= n_last_blocks <= n_blocks:
@@ -132,6 +92,14 @@ def parameter_by_name(model: Any, name: str) -> nn.Parameter:
         if candidate == name:
             return p
     raise KeyError(name)
+
+
+def parameter_name(model: Any, param: nn.Parameter) -> str:
+    """The name `model.named_parameters()` lists `param` under (a tied matrix: its first name)."""
+    for name, p in model.named_parameters():
+        if p is param:
+            return name
+    raise KeyError(f"{type(model).__name__} has no such parameter")
 
 
 def bf16_supported() -> bool:

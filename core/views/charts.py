@@ -97,7 +97,7 @@ def bars(
 
 
 def token_map(points: pd.DataFrame, title: str = "") -> alt.Chart:
-    """Labelled scatter of a frame with columns x, y, text, kind, anchor (see `inspection.tokens.MapPoint`)."""
+    """Labelled scatter of a frame with columns x, y, text, kind, anchor (`inspection.tokens.MapPoint`)."""
     base = alt.Chart(points, title=title).encode(
         x=alt.X("x:Q", title="PC 1"),
         y=alt.Y("y:Q", title="PC 2"),

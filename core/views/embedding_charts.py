@@ -1,6 +1,6 @@
-"""Altair charts for the Embeddings and Search stations: similarity heatmap, labelled 2-D scatter
-coloured by cluster, two encoders scoring the same sentence pairs, and the chunk map with the query
-on it. Pure specs; pages only render them."""
+"""Altair charts for the Embeddings station: similarity heatmap, labelled 2-D scatter coloured by
+cluster, and two encoders scoring the same sentence pairs. Pure specs; pages only render them (the
+search station's chunk map is in core.views.search)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pandas as pd
 
 from core.errors import InputError
 from core.retrieval.embeddings import PairScore
-from core.retrieval.search import EmbeddingMap
 
 
 def _short(text: str, width: int = 40) -> str:
@@ -114,44 +113,3 @@ def pair_comparison_chart(
             tooltip=["first", "second", "encoder", alt.Tooltip("cosine:Q", format=".3f")],
         )
     )
-
-
-def search_map_chart(embedding_map: EmbeddingMap, highlight_ids: Sequence[str] = ()) -> alt.Chart:
-    """Every chunk coloured by document, the query as a red diamond, retrieved chunks ringed.
-
-    `highlight_ids` are chunk ids, e.g. `[hit.id for hit in result.hits]`."""
-    m = embedding_map
-    highlight = set(highlight_ids)
-    frame = pd.DataFrame(
-        {
-            "x": m.coords[:, 0],
-            "y": m.coords[:, 1],
-            "document": m.doc_names,
-            "chunk": m.chunk_indices,
-            "text": [_short(t, 120) for t in m.texts],
-            "retrieved": [cid in highlight for cid in m.ids],
-        }
-    )
-    evr = m.projection.explained_variance_ratio
-    x_title, y_title = f"PC 1 ({evr[0]:.0%} of variance)", f"PC 2 ({evr[1]:.0%})"
-    chunks = (
-        alt.Chart(frame, title="Chunks on a 2-D PCA map")
-        .mark_circle(size=60, opacity=0.7)
-        .encode(
-            x=alt.X("x:Q", title=x_title),
-            y=alt.Y("y:Q", title=y_title),
-            color=alt.Color("document:N"),
-            stroke=alt.condition(alt.datum.retrieved, alt.value("black"), alt.value(None)),
-            strokeWidth=alt.condition(alt.datum.retrieved, alt.value(2), alt.value(0)),
-            tooltip=["document", "chunk", "text"],
-        )
-    )
-    if m.query_coords is None:
-        return chunks.interactive()
-    query = pd.DataFrame({"x": [m.query_coords[0]], "y": [m.query_coords[1]], "text": [m.query or ""]})
-    star = (
-        alt.Chart(query)
-        .mark_point(shape="diamond", size=250, filled=True, color="red")
-        .encode(x="x:Q", y="y:Q", tooltip=alt.Tooltip("text:N", title="query"))
-    )
-    return (chunks + star).interactive()

@@ -12,6 +12,7 @@ import pandas as pd
 from core.inspection.generation import GenerationResult, Surprisal
 from core.inspection.sampling import TokenChoice
 from core.inspection.tokens import readable
+from core.views.colours import probability_colour, probability_gradient
 
 # Stage names as they appear in legends, and their colours.
 STAGE_MODEL = "model (T = 1)"
@@ -146,12 +147,6 @@ def entropy_chart(result: GenerationResult, title: str = "") -> alt.Chart:
     )
 
 
-def probability_colour(p: float) -> str:
-    """Pastel background for a probability: red (unlikely) through yellow to green (likely)."""
-    p = min(1.0, max(0.0, float(p)))
-    return f"hsl({120 * p:.0f}, 85%, 82%)"
-
-
 def generated_html(result: GenerationResult, by: str = "model", show_prompt: bool = True) -> str:
     """The prompt (grey) and the continuation with each token's background coloured by its probability.
 
@@ -183,10 +178,9 @@ def generated_html(result: GenerationResult, by: str = "model", show_prompt: boo
 
 def probability_legend_html() -> str:
     """A small key for `generated_html`'s colours."""
-    stops = ", ".join(probability_colour(p / 4) for p in range(5))
     return (
         '<div style="display:flex;align-items:center;gap:6px;font-size:0.8em;color:#475569">'
         "<span>p = 0</span>"
         f'<span style="display:inline-block;width:140px;height:10px;border-radius:3px;'
-        f'background:linear-gradient(to right, {stops})"></span><span>p = 1</span></div>'
+        f'background:{probability_gradient()}"></span><span>p = 1</span></div>'
     )

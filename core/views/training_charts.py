@@ -9,9 +9,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.jobs import Curve, JobSnapshot
 from core.training.compare import AttentionChange, LogitLensComparison, NextTokenComparison, WeightDrift
-from core.training.finetune import TrainStep
+from core.training.jobs import Curve, JobSnapshot
+from core.training.results import TrainStep
 from core.views.charts import heatmap
 
 TRAIN_COLOR = "#1f77b4"
@@ -42,7 +42,7 @@ def loss_chart(
 def live_loss_chart(
     loss: Curve, held_out: Curve, log_scale: bool = False, height: int = 260
 ) -> alt.Chart | alt.LayerChart:
-    """`loss_chart` from a running job's curves (`core.jobs.Curve`, at most a few hundred points
+    """`loss_chart` from a running job's curves (`core.training.jobs.Curve`, at most a few hundred points
     each, a point being the mean over the steps it covers): training and held-out loss, lr."""
     frame = pd.DataFrame(
         {

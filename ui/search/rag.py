@@ -1,0 +1,99 @@
+"""The RAG section of the search page: the prompt built from the hits (editable), whether it fits
+the model, and the model's answer with its sources linked to the hits above. It runs as a fragment,
+so moving its controls reruns only this section, never the search."""
+
+from __future__ import annotations
+
+import html
+
+import streamlit as st
+
+from core.errors import VectorLabError
+from core.retrieval.rag import PromptText, RagSettings, answer_from_text, build_rag_prompt, render_prompt
+from core.retrieval.search import SearchResult
+from core.views.search import answer_html
+from ui import search_state, state
+from ui.search.common import SearchStore
+
+
+def _rebuild_prompt(text: str) -> None:
+    st.session_state["rag_prompt"] = text
+
+
+@st.fragment
+def rag_answer(store: SearchStore, result: SearchResult) -> None:
+    """Build the prompt from `result`'s hits and answer with the loaded model on "Answer"."""
+    query, hits = result.query, result.hits
+    st.subheader("Answer from the retrieved chunks (RAG)")
+    loaded = state.require_model()
+    new_tokens = st.slider("New tokens to generate", 8, 256, key="rag_new_tokens", value=64)
+    settings = RagSettings(max_new_tokens=int(new_tokens))
+    try:
+        rendered = render_prompt(build_rag_prompt(query, hits, settings), loaded.tokenizer)
+    except VectorLabError as e:
+        st.error(str(e))
+        return
+    hit_ids = tuple(h.id for h in hits)
+    search_key = (state.model_key(loaded), store.location.key, store.index.name, query, hit_ids)
+    fresh = state.kept_result(search_state.RAG_PROMPT_FOR, search_key) is None
+    if fresh or "rag_prompt" not in st.session_state:
+        st.session_state["rag_prompt"] = rendered.text  # a new search starts the editable prompt afresh
+        state.keep_result(search_state.RAG_PROMPT_FOR, search_key, rendered.text)
+
+    prompt_text = st.text_area(
+        "The prompt, exactly as the model reads it — edit it if you like",
+        key="rag_prompt",
+        height=320,
+        help="Built from the question and the hits above, numbered [1], [2], … so the answer can cite them.",
+    )
+    special = not rendered.used_chat_template  # a chat template already holds the special tokens
+    n_prompt = len(loaded.tokenizer(prompt_text, add_special_tokens=special)["input_ids"])
+    context = loaded.info.max_positions
+    fits = n_prompt + settings.max_new_tokens <= context
+    note = " (with the model's chat template)" if rendered.used_chat_template else ""
+    (st.caption if fits else st.warning)(
+        f"{n_prompt} prompt tokens{note} + {settings.max_new_tokens} new tokens; {loaded.info.name} reads at "
+        f"most {context}." + ("" if fits else " Lower Top k, the chunk size or the new tokens.")
+    )
+    c1, c2, _ = st.columns([1, 1, 3])
+    answer_clicked = c1.button("Answer", type="primary", key="rag_go", icon=":material/smart_toy:")
+    answer_key = (*search_key, prompt_text, rendered.used_chat_template, settings)
+    c2.button("Rebuild the prompt", key="rag_reset", on_click=_rebuild_prompt, args=(rendered.text,))
+    if answer_clicked:
+        with st.spinner(f"{loaded.info.name} is answering…"):
+            try:
+                answer = answer_from_text(
+                    loaded.model,
+                    loaded.tokenizer,
+                    PromptText(prompt_text, rendered.used_chat_template),
+                    hits,
+                    settings,
+                )
+            except VectorLabError as e:
+                st.error(str(e))
+            else:
+                state.keep_result(search_state.RAG_ANSWER, answer_key, answer)
+
+    answer = state.kept_result(search_state.RAG_ANSWER, answer_key)
+    if answer is not None:
+        st.markdown("**Answer**")
+        with st.container(border=True):
+            st.html(answer_html(answer.answer or "(the model generated no text)", len(answer.sources)))
+        st.markdown("**Sources the model was given**")
+        lines = []
+        for number, hit in enumerate(answer.sources, start=1):
+            mark = " — cited" if number in answer.cited else ""
+            lines.append(
+                f'<li><a href="#hit-{hit.rank}">[{number}]</a> {html.escape(hit.doc_name)}, '
+                f"chunk #{hit.chunk_index}"
+                f" (cosine {hit.cosine:.3f}){mark}</li>"
+            )
+        st.html("<ol style='list-style: none; padding-left: 0;'>" + "".join(lines) + "</ol>")
+        st.caption(
+            f"{answer.n_prompt_tokens} prompt tokens, greedy decoding."
+            + (
+                f" Cited: {', '.join(f'[{c}]' for c in answer.cited)}."
+                if answer.cited
+                else " The answer cites no source by number; small models often forget to."
+            )
+        )

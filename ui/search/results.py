@@ -1,0 +1,103 @@
+"""The search section of the search page: the query form, the hits in their documents, the same
+hits under dot product and L2, and the query on the chunk map."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import VectorLabError
+from core.retrieval.maps import embedding_map
+from core.retrieval.search import SearchResult, hit_context, rankings_agree
+from core.views.search import hit_context_html, search_map_chart
+from ui.search.common import SearchStore, md
+from ui.search_state import QUERY, TOP_K
+from ui.widgets import show_chart
+
+MAP_POINTS = 1500  # chunks drawn on the map at most; larger collections are sampled
+
+
+def _submit_query() -> None:
+    st.session_state[QUERY] = st.session_state["search_query_input"]
+    st.session_state[TOP_K] = st.session_state["search_k"]
+
+
+def search_results(store: SearchStore) -> SearchResult | None:
+    """The search form and, once a question was submitted, its results; None when there are none."""
+    index = store.index
+    st.subheader("Search")
+    st.session_state["search_query_input"] = st.session_state[QUERY] or ""
+    st.session_state["search_k"] = st.session_state[TOP_K]
+    with st.form("search_form", border=False):
+        c1, c2 = st.columns([4, 1])
+        c1.text_input("Question or phrase", key="search_query_input", placeholder="How do bees find food?")
+        c2.slider("Top k", 1, 20, key="search_k")
+        st.form_submit_button(
+            "Search", type="primary", key="search_go", icon=":material/search:", on_click=_submit_query
+        )
+
+    query = st.session_state[QUERY]
+    if query is None:
+        return None
+    try:
+        result = index.search(query, int(st.session_state[TOP_K]))
+    except VectorLabError as e:
+        st.error(str(e))
+        return None
+
+    hits = result.hits
+    chunk_counts = {d.content_hash: d.n_chunks for d in store.documents}
+    for hit in hits:
+        with st.container(border=True):
+            st.markdown(
+                f"**[{hit.rank}] {md(hit.doc_name)}** · chunk #{hit.chunk_index} "
+                f"(of {chunk_counts.get(hit.doc_hash, '?')}, numbered from 0) · "
+                f"characters {hit.char_start}–{hit.char_end} · cosine **{hit.cosine:.3f}**"
+            )
+            context = hit_context(hit, index.document_chunks(hit.doc_hash))
+            st.html(hit_context_html(context, anchor=f"hit-{hit.rank}"))
+    st.caption("Highlighted: the retrieved chunk; grey: the text around it in its document.")
+
+    with st.expander("The same hits under dot product and L2 distance"):
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "rank": [h.rank for h in hits],
+                    "document": [h.doc_name for h in hits],
+                    "chunk": [h.chunk_index for h in hits],
+                    "cosine ↓": [round(h.cosine, 4) for h in hits],
+                    "dot q·c ↓": [round(h.dot, 4) for h in hits],
+                    "L2 ‖q − c‖ ↑": [round(h.l2, 4) for h in hits],
+                    "√(2 − 2·cos)": [round(max(0.0, 2 - 2 * h.cosine) ** 0.5, 4) for h in hits],
+                }
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+        q_norm = float((result.query_embedding**2).sum() ** 0.5)
+        if rankings_agree(hits):
+            st.success(f"All three metrics rank these hits in the same order (‖q‖ = {q_norm:.3f}).")
+        else:
+            st.warning("The metrics disagree on the order here: the vectors are not all unit length.")
+        st.markdown(
+            "MiniLM's vectors are normalised to length 1, so `q·c = cos(q, c)` and "
+            "`‖q − c‖² = ‖q‖² + ‖c‖² − 2 q·c = 2 − 2·cos`: the largest cosine is also the largest dot "
+            "product and the smallest distance, and the rankings agree. With vectors of different lengths "
+            "they part: dot product favours long vectors, L2 favours vectors about as long as the query, "
+            "and only cosine looks at direction alone."
+        )
+
+    st.subheader("The query among the chunks")
+    chunk_map = embedding_map(index, query, max_points=MAP_POINTS, always_include=[h.id for h in hits])
+    show_chart(search_map_chart(chunk_map, [h.id for h in hits]), "search_map")
+    sampled = (
+        f" The collection has {chunk_map.n_total} chunks; {len(chunk_map.ids)} are drawn, always "
+        "including the hits."
+        if chunk_map.n_total > len(chunk_map.ids)
+        else ""
+    )
+    st.caption(
+        "Red diamond: the query; ringed: the retrieved chunks. The map is a 2-D PCA of 384-d vectors, so "
+        "the nearest points here are not always the nearest in full." + sampled
+    )
+    return result
