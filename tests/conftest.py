@@ -100,6 +100,24 @@ def tiny_gpt2_dir(tmp_path_factory, _tiny_gpt2_master):
     return path
 
 
+@pytest.fixture
+def job(tmp_path, monkeypatch):
+    """The process-wide training job, empty before and after the test; checkpoints go to tmp."""
+    from ui import state
+
+    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(tmp_path))
+    training_job = state.training_job()
+
+    def clear() -> None:
+        training_job.stop()
+        training_job.wait(120)
+        training_job.discard()
+
+    clear()
+    yield training_job
+    clear()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Keep each phase's report on the item so fixtures can screenshot failures."""

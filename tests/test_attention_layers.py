@@ -237,7 +237,7 @@ def test_smollm2_lens_check_holds_along_any_summation_order(smollm2):
 
     trace = run_trace(smollm2, "The capital of France is Paris, and the capital of Italy is")
     norm, head = final_norm_and_head(smollm2)
-    x = torch.as_tensor(trace.residual[-1])
+    x = torch.tensor(trace.residual[-1])
     with torch.inference_mode():
         readings = [
             head(norm(x)),

@@ -203,7 +203,7 @@ def test_bad_inputs_give_exact_messages(tiny_gpt2, call, error, message):
 def test_surprisal_matches_a_hand_computation(tiny_model):
     trace = run_trace(tiny_model, PROMPT)
     s = surprisal(trace)
-    ids = torch.as_tensor(trace.token_ids)[None]
+    ids = torch.tensor(trace.token_ids)[None]
     with torch.inference_mode():
         logits = tiny_model.model(ids).logits[0].double()  # [T, V]
     logp = torch.log_softmax(logits, -1)[:-1].gather(1, ids[0, 1:, None])[:, 0].numpy()  # [T-1]

@@ -21,20 +21,6 @@ from ui import state
 PAGE = str(ROOT / "pages" / "8_training.py")
 
 
-@pytest.fixture
-def job(tmp_path, monkeypatch):
-    """The process-wide training job, empty before and after each test; checkpoints go to tmp."""
-    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(tmp_path))
-    training_job = state.training_job()
-    training_job.stop()
-    training_job.wait(120)
-    training_job.discard()
-    yield training_job
-    training_job.stop()
-    training_job.wait(120)
-    training_job.discard()
-
-
 def page(model_dir: str) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
     at.session_state[state.MODEL_SPEC] = model_dir

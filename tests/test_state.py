@@ -155,22 +155,6 @@ def test_generation_is_dropped_when_its_settings_change(tiny_gpt2_dir):
     assert _generation_caption(at) == []
 
 
-@pytest.fixture
-def job(tmp_path, monkeypatch):
-    """The process-wide training job, empty before and after the test; checkpoints go to tmp."""
-    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(tmp_path))
-    training_job = state.training_job()
-
-    def clear() -> None:
-        training_job.stop()
-        training_job.wait(120)
-        training_job.discard()
-
-    clear()
-    yield training_job
-    clear()
-
-
 def test_training_before_and_after_stay_with_the_model_the_run_started_from(
     job, tiny_gpt2_dir, tiny_llama_dir
 ):

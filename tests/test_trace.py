@@ -99,7 +99,7 @@ def test_gpt2_qkv_is_the_split_of_c_attn(tiny_gpt2):
     trace = run_trace(tiny_gpt2, TEXT)
     block = tiny_gpt2.model.transformer.h[1]
     with torch.inference_mode():
-        fused = block.attn.c_attn(block.ln_1(torch.as_tensor(trace.residual[1])))  # [T, 3d]
+        fused = block.attn.c_attn(block.ln_1(torch.tensor(trace.residual[1])))  # [T, 3d]
     q, k, v = fused.numpy().reshape(trace.n_tokens, 3, 2, 16).transpose(1, 2, 0, 3)
     tolerance = float32_tolerance(fused.numpy(), reduction_length=32)  # d-term dot products
     assert_passes(check_within(q, trace.q[1], tolerance))

@@ -121,22 +121,6 @@ class _RunGuard:
         return getattr(object.__getattribute__(self, "_run"), name)
 
 
-@pytest.fixture
-def job(tmp_path, monkeypatch):
-    """The process-wide training job, empty before and after the test; checkpoints go to tmp."""
-    monkeypatch.setenv("VECTORLAB_DATA_DIR", str(tmp_path))
-    training_job = state.training_job()
-
-    def clear() -> None:
-        training_job.stop()
-        training_job.wait(120)
-        training_job.discard()
-
-    clear()
-    yield training_job
-    clear()
-
-
 def test_the_page_reads_only_the_snapshot_during_a_run(job, tiny_gpt2_dir, monkeypatch):
     held_at, release = 7, threading.Event()
     real_step = FineTuneRun._one_step
