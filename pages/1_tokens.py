@@ -9,7 +9,7 @@ from core.inspection.tokens import nearest_tokens, neighbourhood_map, readable, 
 from core.tolerance import check_close
 from core.views import charts
 from core.views.token_html import pieces_html
-from ui import state
+from ui import quiz, state
 from ui.sidebar import render_sidebar
 from ui.widgets import downloads, show_chart
 
@@ -124,3 +124,6 @@ st.caption(
     "points close here are often close in the full space too, but not always."
     + (" Only the first 40 distinct tokens are mapped." if len(set(trace.token_ids.tolist())) > 40 else "")
 )
+
+# ---------------------------------------------------------------- predict, then reveal
+quiz.render_questions(loaded, trace, station=1)

@@ -19,7 +19,7 @@ from core.inspection.positions import (
 from core.inspection.tokens import readable
 from core.retrieval.embeddings import cosine_similarity_matrix
 from core.views import charts
-from ui import state
+from ui import quiz, state
 from ui.sidebar import render_sidebar
 from ui.widgets import check_metric, downloads, show_chart
 
@@ -322,3 +322,6 @@ else:
             f"({len(order.a.kept.token_ids)} vs {len(order.b.kept.token_ids)} tokens), so only the "
             "predictions are compared."
         )
+
+# ---------------------------------------------------------------- predict, then reveal
+quiz.render_questions(loaded, trace, station=2)

@@ -15,7 +15,7 @@ from core.inspection.attention import (
 )
 from core.inspection.tokens import readable
 from core.views import charts
-from ui import state
+from ui import quiz, state
 from ui.sidebar import render_sidebar
 from ui.widgets import check_metric, downloads, show_chart, token_picker, token_window
 
@@ -231,3 +231,6 @@ st.markdown(
 check_metric(
     "Check: max |projections of norm(x), split into heads − the trace's Q, K, V| (this layer)", split.check
 )
+
+# ---------------------------------------------------------------- predict, then reveal
+quiz.render_questions(loaded, trace, station=3)

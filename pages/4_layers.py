@@ -10,7 +10,7 @@ from core.inspection.layers import layer_labels as lens_layer_labels
 from core.inspection.layers import norm_effect, residual_stats
 from core.inspection.tokens import readable
 from core.views import charts
-from ui import state
+from ui import quiz, state
 from ui.sidebar import render_sidebar
 from ui.widgets import check_metric, downloads, show_chart, token_picker, token_window
 
@@ -199,3 +199,6 @@ stats_table = pd.DataFrame(
 )
 st.dataframe(stats_table, hide_index=True)
 check_metric("Check: max |formula − the model's norm module|", effect.formula_check)
+
+# ---------------------------------------------------------------- predict, then reveal
+quiz.render_questions(loaded, trace, station=4)

@@ -16,7 +16,7 @@ from core.views.output_charts import (
     probability_legend_html,
     surprisal_chart,
 )
-from ui import state
+from ui import quiz, state
 from ui.sidebar import render_sidebar
 from ui.widgets import check_metric, downloads, show_chart
 
@@ -168,3 +168,6 @@ if s.perplexity is not None:
         surprisal_chart(s, title="Surprisal of each token, −log₂ p(token | earlier tokens)"), "output_4"
     )
     downloads("surprisal_bits", s.bits, list(s.pieces), key="out_surprisal")
+
+# ---------------------------------------------------------------- predict, then reveal
+quiz.render_questions(loaded, trace, station=5)
