@@ -1,9 +1,12 @@
-"""Warm page reruns against one forward pass: the model and trace are cached, a slider moves.
+"""Switching stations in the browser, caches warm, against one forward pass of the same text.
 
-    python bench/bench_pages.py [--model bundled-smollm2] [--tokens 64]
+    python bench/bench_pages.py [--model bundled-smollm2] [--tokens 64] [--repeat 5]
 
-Each page is opened once under Streamlit's AppTest (model load + trace, not timed), then a widget is
-changed and the rerun timed; the baseline is one plain eager forward pass of the same text.
+One `streamlit run app.py` server and headless Chromium. The sidebar's text is set to a text of
+`--tokens` tokens, every station 1–5 is visited once (model loaded, text traced, caches filled, not
+timed), then each is opened again by a click on its sidebar link, `--repeat` rounds, timed from the
+click to the page fully drawn (script run over, its heading on screen). The baseline is one plain
+eager forward pass of the same text, timed in this process before the server starts.
 """
 
 from __future__ import annotations
@@ -11,28 +14,42 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from bench.browser import Server, click_station, launch_chromium, open_when_up, wait_drawn  # noqa: E402
+from ui.stations import STATIONS  # noqa: E402
 
-from bench.bench_trace import text_of_tokens  # noqa: E402
-from bench.common import timeit  # noqa: E402
-from core.model.loading import load_model  # noqa: E402
-from ui import state  # noqa: E402
+N_STATIONS = 5  # the stations that trace the text through the model
 
-# page → (widget kind, key, two values to alternate between)
-MOVES = {
-    "pages/1_tokens.py": ("slider", "tok_k", (5, 12)),
-    "pages/2_positions.py": ("slider", "rope_n", (32, 64)),
-    "pages/3_attention.py": ("selectbox", "att_head", (0, 1)),
-    "pages/4_layers.py": ("slider", "norm_layer", (1, 2)),
-    "pages/5_output.py": ("slider", "out_top_p", (0.9, 0.5)),
-}
+
+def forward_and_text(model: str, tokens: int) -> tuple[float, str]:
+    """One plain forward pass of a `tokens`-token text (median seconds) and that text."""
+    import torch
+
+    from bench.bench_trace import text_of_tokens
+    from bench.common import timeit
+    from core.model.loading import load_model
+
+    loaded = load_model(model)
+    text = text_of_tokens(loaded, tokens)
+    ids = torch.as_tensor(loaded.tokenizer(text)["input_ids"])[None]
+
+    def forward():
+        with torch.inference_mode():
+            loaded.model(ids, use_cache=False)
+
+    return timeit(forward, repeat=7), text
+
+
+def set_text(page, text: str) -> None:
+    box = page.get_by_role("textbox", name="The text every model page traces")
+    box.fill(text)
+    box.press("Control+Enter")
 
 
 def main() -> None:
@@ -41,36 +58,34 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    loaded = load_model(args.model)
-    text = text_of_tokens(loaded, args.tokens)
-    ids = torch.as_tensor(loaded.tokenizer(text)["input_ids"])[None]
+    t_forward, text = forward_and_text(args.model, args.tokens)
+    print(f"model {args.model}, {args.tokens} tokens, one forward pass: {1e3 * t_forward:.0f} ms\n")
+    from playwright.sync_api import sync_playwright
 
-    def forward():
-        with torch.inference_mode():
-            loaded.model(ids, use_cache=False)
-
-    t_forward = timeit(forward, repeat=args.repeat)
-    print(f"model {loaded.info.name}, {ids.shape[1]} tokens, one forward pass: {1e3 * t_forward:.0f} ms\n")
-    print("| page | warm rerun (ms) | rerun / forward |")
+    stations = STATIONS[:N_STATIONS]
+    times: dict[str, list[float]] = {s.title: [] for s in stations}
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        env = {"VECTORLAB_MODEL": args.model, "VECTORLAB_DATA_DIR": str(Path(tmp) / "data")}
+        with Server("app.py", env, log=Path(tmp) / "server.log") as server:
+            browser = launch_chromium(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            open_when_up(page, server.url)
+            wait_drawn(page, "Vector Lab")
+            set_text(page, text)
+            for station in stations:  # warm-up: the model, the trace, every cache
+                click_station(page, station.title)
+                wait_drawn(page, f"{station.number} ·")
+            for _ in range(args.repeat):
+                for station in stations:
+                    start = time.perf_counter()
+                    click_station(page, station.title)
+                    times[station.title].append(wait_drawn(page, f"{station.number} ·") - start)
+            browser.close()
+    print("| station (click in the sidebar) | drawn (ms) | / forward |")
     print("|---|---:|---:|")
-    for page, (kind, key, values) in MOVES.items():
-        at = AppTest.from_file(str(ROOT / page), default_timeout=600)
-        at.session_state[state.MODEL_SPEC] = args.model
-        at.session_state[state.TEXT] = text
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        times = []
-        for i in range(args.repeat + 1):
-            widget = getattr(at, kind)(key=key)
-            value = values[i % 2]
-            (widget.select(value) if kind == "selectbox" else widget.set_value(value))
-            start = time.perf_counter()
-            at.run()
-            if i:  # the first move may fill a cache for the new value
-                times.append(time.perf_counter() - start)
-            assert not at.exception, [e.value for e in at.exception]
-        t_page = statistics.median(times)
-        print(f"| {Path(page).stem} | {1e3 * t_page:.0f} | {t_page / t_forward:.2f}× |", flush=True)
+    for station in stations:
+        t = statistics.median(times[station.title])
+        print(f"| {station.number}. {station.title} | {1e3 * t:.0f} | {t / t_forward:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from streamlit.errors import StreamlitAPIException
 from ui.sidebar import render_sidebar
 from ui.stations import STATIONS
 
-render_sidebar()
 st.title("Vector Lab")
 st.markdown(
     "A language model is a machine that moves **vectors**. Follow one: a piece of your text becomes a "
@@ -27,3 +26,7 @@ for station in STATIONS:
         left, right = st.columns(2)
         left.markdown(f"**What happens.** {station.what}")
         right.markdown(f"**Why it matters.** {station.why}")
+
+# Drawn last, and without waiting for the model: this page needs none, so it is on screen at once and
+# the model starts loading in the background only after the page's own content has gone out.
+render_sidebar(wait_for_model=False)

@@ -229,3 +229,69 @@ def test_gpt2_from_local_hf_cache_is_served(browser, tmp_path, tiny_gpt2_dir):
         pg.close()
     finally:
         srv.stop()
+
+
+# A snapshot of one moment: the landing page's heading and its last station card are on screen while
+# the sidebar still shows the model's load in progress (and no model card yet).
+LANDING_DRAWN_WHILE_LOADING = """([last]) => {
+  const heading = [...document.querySelectorAll('h1')].some((h) => h.innerText.includes('Vector Lab'));
+  const cards = [...document.querySelectorAll('a')].some((a) => a.innerText.includes(last));
+  const sidebar = document.querySelector('[data-testid="stSidebar"]');
+  const loading = sidebar && sidebar.querySelector('[data-testid="stProgress"]') !== null;
+  const card = sidebar && sidebar.innerText.includes('Parameters');
+  return heading && cards && loading && !card;
+}"""
+
+
+@pytest.mark.slow
+def test_the_landing_page_is_drawn_while_the_model_loads(browser, tmp_path):
+    """On a cold server the landing page does not wait for the bundled model: its content is on
+    screen while the sidebar shows the load's progress, and the model's card replaces it once loaded."""
+    srv = Server("bundled-smollm2", tmp_path)
+    try:
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.goto(srv.url)
+        last = f"{STATIONS[-1].number}. {STATIONS[-1].title}"
+        pg.wait_for_function(LANDING_DRAWN_WHILE_LOADING, arg=[last], timeout=120_000)
+        sidebar = pg.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("SmolLM2-135M-Instruct (bundled)").wait_for(timeout=600_000)
+        sidebar.get_by_text("Parameters").wait_for()
+        wait_idle(pg)
+        assert sidebar.locator('[data-testid="stProgress"]').count() == 0  # the refreshing stopped
+        assert_no_exception(pg, "landing-while-loading")
+        pg.close()
+    finally:
+        srv.stop()
+
+
+WAITING = "Loading the model: this page is drawn as soon as it is ready (progress in the sidebar)."
+# One moment: the page says it waits for the model, the sidebar shows the load's progress and no model
+# card, and nothing the page draws from the model is there yet.
+STATION_WAITING = """([note, part]) => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  const sidebar = document.querySelector('[data-testid="stSidebar"]');
+  if (!main || !sidebar) return false;
+  const progress = sidebar.querySelector('[data-testid="stProgress"]') !== null;
+  return main.innerText.includes(note) && !main.innerText.includes(part) && progress
+    && !sidebar.innerText.includes('Parameters');
+}"""
+
+
+@pytest.mark.slow
+def test_a_station_opened_while_the_model_loads_waits_then_draws(browser, tmp_path):
+    """The first station opened first on a cold server says it waits for the model, then draws."""
+    srv = Server("bundled-smollm2", tmp_path)
+    station = STATIONS[0]
+    try:
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.goto(f"{srv.url}/{Path(station.page).stem.split('_', 1)[1]}")
+        pg.wait_for_function(STATION_WAITING, arg=[WAITING, "The pieces"], timeout=120_000)
+        pg.get_by_role("heading", name="The pieces").wait_for(timeout=600_000)  # drawn from the model
+        wait_idle(pg, timeout=600_000)
+        assert pg.get_by_text(WAITING).count() == 0
+        sidebar = pg.locator('[data-testid="stSidebar"]')
+        assert sidebar.get_by_text("SmolLM2-135M-Instruct (bundled)").count() == 1
+        assert_no_exception(pg, "station-while-loading")
+        pg.close()
+    finally:
+        srv.stop()

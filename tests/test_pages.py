@@ -56,12 +56,12 @@ def test_each_page_runs_on_both_tiny_families(page, tiny_model_dir):
 def test_navigation_visits_every_station(tiny_gpt2_dir):
     at = app_test("app.py", str(tiny_gpt2_dir)).run()
     assert_clean(at)
-    assert at.title[0].value == "Vector Lab"
-    assert metrics(at)["Layers"] == "2" and metrics(at)["Width d"] == "32"
+    assert at.title[0].value == "Vector Lab"  # drawn without waiting for the model
     for station in STATIONS:
         at.switch_page(station.page).run()
         assert_clean(at)
         assert at.title[0].value.startswith(f"{station.number} ·")
+        assert metrics(at)["Layers"] == "2" and metrics(at)["Width d"] == "32"  # each station waits for it
 
 
 def test_tokens_page_widgets(tiny_gpt2_dir):

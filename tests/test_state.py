@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import errno
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from test_pages import ROOT, TIMEOUT, app_test, assert_clean, metrics
 
 from core import paths
-from core.errors import DataDirError
+from core.errors import DataDirError, ModelLoadError
 from core.model.loading import directory_identity, hub_identity, load_model
 from core.model.store import ModelStore
 from core.training.checkpoints import save_checkpoint
@@ -443,6 +445,158 @@ def test_the_store_drops_the_least_recently_used_model():
     store.get("B")
     assert loader.calls == ["A", "B", "C", "B"]
     assert store.cached_specs() == ["C", "B"]
+
+
+# ---------------------------------------------------------------- loading in the background
+
+
+def _wait_until_done(store: ModelStore, spec: str):
+    """`store.start(spec)` once its load is over (it never waits itself)."""
+    done = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        status = store.start(spec)
+        if not status.loading:
+            return status
+        done.wait(0.01)
+    raise AssertionError(f"the load of {spec} did not end")
+
+
+def test_start_returns_at_once_and_get_waits_for_that_load_with_its_progress():
+    loader = _SlowLoader(slow="A")
+    reported = threading.Event()
+
+    def reporting_loader(spec, progress):
+        progress(0.5, "half-way through A")
+        return loader(spec, progress)
+
+    store = ModelStore(loader=reporting_loader)
+    status = store.start("A")  # returns while A is still loading
+    assert status.loading and status.model is None and status.error is None
+    assert loader.started.wait(WAIT)
+    assert store.start("A").message == "half-way through A"
+    seen, got = [], {}
+
+    def waiting_session() -> None:
+        got["A"] = store.get("A", lambda f, m: (seen.append((f, m)), reported.set()))
+
+    getter = threading.Thread(target=waiting_session)
+    getter.start()
+    try:
+        assert reported.wait(WAIT)  # the waiting get passes the running load's progress on
+        assert "A" not in got  # and has not returned: A is not loaded yet
+        assert seen[0] == (0.5, "half-way through A")
+    finally:
+        loader.release.set()
+        getter.join(WAIT)
+    assert got["A"].info.spec == "A"
+    assert loader.calls == ["A"]  # one load, begun by start, shared by get
+    done = store.start("A")
+    assert done.model is got["A"] and not done.loading and done.fraction == 1.0
+
+
+def test_a_failed_load_keeps_its_error_for_start_and_get_tries_again():
+    calls = []
+
+    def loader(spec, progress):
+        calls.append(spec)
+        if len(calls) == 1:
+            raise ModelLoadError(f"Could not load '{spec}': first try")
+        return _fake_model(spec)
+
+    store = ModelStore(loader=loader)
+    store.start("X")
+    status = _wait_until_done(store, "X")
+    assert isinstance(status.error, ModelLoadError)
+    assert str(status.error) == "Could not load 'X': first try"
+    assert store.start("X").error is status.error  # kept and reported, not tried again by start
+    assert calls == ["X"]
+    assert store.get("X").info.spec == "X"  # asking for the model tries again
+    assert calls == ["X", "X"]
+    assert store.start("X").error is None
+
+
+def test_get_raises_the_loads_error_to_every_waiting_session():
+    def failing(spec, progress):
+        raise ModelLoadError(f"'{spec}' is not a directory. Give a folder that holds a saved model.")
+
+    store = ModelStore(loader=failing)
+    message = "'nowhere' is not a directory. Give a folder that holds a saved model."
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        store.get("nowhere")
+    assert _wait_until_done(store, "nowhere").error is not None
+
+
+def test_start_sees_a_checkpoint_saved_again_and_loads_it_in_the_background(tmp_path, tiny_gpt2):
+    path = str(_save_run(tiny_gpt2, tmp_path, steps=1))
+    store = ModelStore()
+    first = store.get(path)
+    assert store.start(path).model is first  # files unchanged: loaded, nothing started
+    _sharpen(tiny_gpt2)
+    _save_run(tiny_gpt2, tmp_path, steps=2)
+    status = _wait_until_done(store, path)  # the identity differs: read again in the background
+    assert status.model is not first
+    assert status.model.info.identity == directory_identity(path) != first.info.identity
+    assert store.get(path) is status.model
+
+
+def test_the_landing_page_draws_while_the_model_loads_and_a_station_gets_it(tiny_gpt2_dir, monkeypatch):
+    gate = threading.Event()
+
+    def gated_load(spec, progress):  # the real load of the tiny model, held until the gate opens
+        progress(0.1, "Waiting at the gate…")
+        assert gate.wait(WAIT), "the gate was never opened"
+        return load_model(spec, progress)
+
+    store = ModelStore(loader=gated_load)
+    monkeypatch.setattr(state, "_store", lambda: store)
+    home = app_test("pages/home.py", str(tiny_gpt2_dir)).run()
+    assert_clean(home)
+    assert home.title[0].value == "Vector Lab"
+    assert [p.value for p in home.sidebar.get("progress")] == [10]  # the card shows the load's progress
+    assert "Parameters" not in metrics(home)
+    gate.set()
+    station = app_test("pages/1_tokens.py", str(tiny_gpt2_dir)).run()  # waits for the same load
+    assert_clean(station)
+    assert station.title[0].value.startswith("1 ·")
+    assert metrics(station)["Layers"] == "2"
+    home.run()
+    assert metrics(home)["Layers"] == "2"  # the landing page's next run shows the card
+    assert store.cached_specs() == [str(tiny_gpt2_dir)]
+
+
+IMPORT_SPY = """
+import sys, threading
+importers = {}
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("torch", "transformers"):
+            importers.setdefault(name, threading.current_thread().name)
+
+sys.meta_path.insert(0, Spy())
+from streamlit.testing.v1 import AppTest
+from ui import state
+
+at = AppTest.from_file("pages/home.py", default_timeout=120)
+at.session_state[state.MODEL_SPEC] = sys.argv[1]
+at.run()
+assert not at.exception, at.exception
+print(sorted(importers.items()))
+state._store().get(sys.argv[1])  # the background load, which does import them
+print(sorted(importers.items()))
+"""
+
+
+def test_the_landing_page_leaves_torch_and_transformers_to_the_loading_thread(tiny_gpt2_dir):
+    spec = str(tiny_gpt2_dir)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_SPY, spec], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    during, after = result.stdout.strip().splitlines()[-2:]
+    loader = f"load {spec}"
+    assert set(ast.literal_eval(during)) <= {("torch", loader), ("transformers", loader)}
+    assert ast.literal_eval(after) == [("torch", loader), ("transformers", loader)]
 
 
 # ---------------------------------------------------------------- widgets across pages, shared caches

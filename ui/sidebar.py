@@ -10,6 +10,7 @@ from core.paths import DATA_DIR_ENV
 from ui import state
 
 OTHER = "another model…"
+LOADING_REFRESH_S = 1.0  # seconds between redraws of the load's progress on the landing page
 LABELS = {
     "auto": "auto (GPT-2 if available, else bundled SmolLM2)",
     "bundled-smollm2": "bundled SmolLM2-135M-Instruct (offline)",
@@ -39,8 +40,13 @@ def _apply_custom() -> None:
         st.session_state[state.MODEL_SPEC] = custom
 
 
-def render_sidebar() -> None:
-    """Draw the model picker, the shared text box and the loaded model's card."""
+def render_sidebar(wait_for_model: bool = True) -> None:
+    """Draw the model picker, the shared text box and the loaded model's card.
+
+    The model loads in the background. With `wait_for_model` (pages that need it) the page waits for
+    it here, its progress in the card; without (the landing page) the page draws at once and the card
+    shows the load's progress, refreshed until it is done.
+    """
     state.init_state()
     spec = st.session_state[state.MODEL_SPEC]
     try:
@@ -54,6 +60,7 @@ def render_sidebar() -> None:
     # option, or the typed spec under "another model…"), not from a copy of their own value.
     st.session_state[state.MODEL_CHOICE] = OTHER if other else spec
     st.session_state[state.MODEL_CUSTOM] = "" if spec in options else spec
+    waiting = _waiting_note() if wait_for_model else None
     with st.sidebar:
         st.markdown("### Model")
         st.selectbox(
@@ -85,21 +92,68 @@ def render_sidebar() -> None:
             help="Up to 512 tokens are traced; longer text is cut with a note.",
             **state.persist(state.TEXT_WIDGET, state.DEFAULT_TEXT, plain=state.TEXT),
         )
-        try:
-            loaded = state.load_current_model()
-        except VectorLabError as e:
-            st.error(str(e))  # said here only: pages that need the model point to it (state.require_model)
-            return
-        info = loaded.info
-        st.markdown(f"**{info.name}**")
-        st.caption(info.reason)
-        cols = st.columns(2)
-        cols[0].metric("Parameters", f"{info.n_params / 1e6:.0f} M")
-        cols[1].metric("Layers", info.n_layer)
-        cols[0].metric("Heads", info.n_head)
-        cols[1].metric("Width d", info.d_model)
-        kv = "" if info.n_kv_head == info.n_head else f"{info.n_kv_head} K/V heads (grouped-query) · "
-        st.caption(
-            f"{kv}head width {info.d_head} · positions: {info.position_scheme} · "
-            f"vocabulary {info.vocab_size:,}"
-        )
+        if wait_for_model:
+            _wait_for_model(waiting)
+        else:
+            _model_card_when_ready()
+
+
+def _waiting_note():
+    """A note at the top of the page while the model loads (its main area stays empty until then)."""
+    if not state.model_status().loading:
+        return None
+    note = st.empty()
+    note.info("Loading the model: this page is drawn as soon as it is ready (progress in the sidebar).")
+    return note
+
+
+def _wait_for_model(waiting) -> None:
+    """The model's card once it is loaded, its load's progress meanwhile (the page waits); then the
+    `waiting` note, if any, goes."""
+    try:
+        loaded = state.load_current_model()
+    except VectorLabError as e:
+        st.error(str(e))  # said here only: pages that need the model point to it (state.require_model)
+        return
+    finally:
+        if waiting is not None:
+            waiting.empty()
+    _model_card(loaded.info)
+
+
+def _model_card_when_ready() -> None:
+    """The model's card if it is loaded, its error if it failed, else the load's progress, refreshed."""
+    status = state.model_status()
+    if status.loading:
+        _loading_card()
+    elif status.error is not None:
+        if not isinstance(status.error, VectorLabError):
+            raise status.error
+        st.error(str(status.error))
+    else:
+        _model_card(status.model.info)
+
+
+@st.fragment(run_every=LOADING_REFRESH_S)
+def _loading_card() -> None:
+    """The background load's progress; once it is over the whole page runs again, without this part,
+    and draws the card (or the error) in its place."""
+    status = state.model_status()
+    if not status.loading:
+        st.rerun()
+    st.progress(status.fraction, text=f"{status.message} ({status.seconds:.0f} s)")
+    st.caption("Pages that need the model wait for it; this one does not.")
+
+
+def _model_card(info) -> None:
+    st.markdown(f"**{info.name}**")
+    st.caption(info.reason)
+    cols = st.columns(2)
+    cols[0].metric("Parameters", f"{info.n_params / 1e6:.0f} M")
+    cols[1].metric("Layers", info.n_layer)
+    cols[0].metric("Heads", info.n_head)
+    cols[1].metric("Width d", info.d_model)
+    kv = "" if info.n_kv_head == info.n_head else f"{info.n_kv_head} K/V heads (grouped-query) · "
+    st.caption(
+        f"{kv}head width {info.d_head} · positions: {info.position_scheme} · vocabulary {info.vocab_size:,}"
+    )

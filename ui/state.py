@@ -116,15 +116,22 @@ def result_is_stale(name: str, key: tuple) -> bool:
 
 @st.cache_resource(show_spinner=False)
 def _store() -> ModelStore:
-    """Loaded models shared by every session (`core.model.store.ModelStore`). Not `st.cache_resource` on
-    the loader itself: loading reports progress into the page, and Streamlit cannot replay elements
-    drawn from inside a cached function."""
+    """Loaded models shared by every session (`core.model.store.ModelStore`), each loaded in a background
+    thread. Not `st.cache_resource` on the loader itself: a page that needs no model draws while the
+    model loads, and a page that needs it shows the load's progress while it waits."""
     return ModelStore()
 
 
+def model_status():
+    """Where the model the user picked stands (`core.model.store.LoadStatus`: loaded, failed, or
+    loading with its progress), its load begun in the background if none ran; never waits."""
+    init_state()
+    return _store().start(st.session_state[MODEL_SPEC])
+
+
 def load_current_model():
-    """The model the user picked, loaded once per spec and again when its files change on disk;
-    raises VectorLabError with a message."""
+    """The model the user picked, loaded once per spec and again when its files change on disk; waits
+    for its load, showing the progress where it is called. Raises VectorLabError with a message."""
     init_state()
     spec = st.session_state[MODEL_SPEC]
     box = st.empty()

@@ -1,64 +1,150 @@
-"""Loaded models kept for reuse across sessions: one load per spec at a time, least recently used
-dropped first, a model read again when its files changed on disk."""
+"""Loaded models kept for reuse across sessions: each spec loads in a background thread of its own,
+once at a time, while pages draw; least recently used dropped first; a model read again when its
+files changed on disk."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from core.errors import ModelLoadError
 from core.model.loading import LoadedModel, Progress, current_identity, load_model
 
 log = logging.getLogger(__name__)
+
+POLL_S = 0.1  # how often a waiting `get` passes the load's progress on
+
+
+@dataclass(frozen=True)
+class LoadStatus:
+    """One spec as the store holds it now: loaded, failed, or loading (with its latest progress)."""
+
+    spec: str
+    model: LoadedModel | None = None  # set once loaded
+    error: Exception | None = None  # why the last load failed; kept until the spec is asked for again
+    fraction: float = 0.0  # the running load's progress, 0..1 (1 when loaded)
+    message: str = ""  # what the running load is doing now
+    seconds: float = 0.0  # since the running load started
+
+    @property
+    def loading(self) -> bool:
+        return self.model is None and self.error is None
+
+
+@dataclass
+class _Load:
+    """One load running (or failed) in its own thread; written by that thread, read by any session."""
+
+    spec: str
+    started: float = field(default_factory=time.monotonic)
+    fraction: float = 0.0
+    message: str = ""
+    model: LoadedModel | None = None
+    error: Exception | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def report(self, fraction: float, message: str) -> None:
+        self.fraction, self.message = min(max(float(fraction), 0.0), 1.0), message
+
+    def status(self) -> LoadStatus:
+        seconds = time.monotonic() - self.started
+        return LoadStatus(self.spec, self.model, self.error, self.fraction, self.message, seconds)
 
 
 class ModelStore:
     """Loaded models for reuse, by spec, least recently used first; at most `capacity` kept in memory.
 
-    A cached model is handed out only while its files are still the ones it was read from: every
-    `get` compares `current_identity` (a few stat calls) with the identity it was loaded with, and
-    reads the model again when they differ, e.g. after a checkpoint was saved again under its name.
+    Loading takes seconds to minutes, so it runs in a background thread, one per spec: `start` begins
+    it and returns at once (a page that needs no model draws meanwhile and shows the progress from
+    `start`'s `LoadStatus`), `get` waits for it, passing its progress on. Two sessions asking for the
+    same spec share one load; a session asking for another spec is served (or starts its own load) at
+    once. A failed load keeps its error for `start` to report; `get` tries again.
 
-    Loading takes seconds to minutes, so it holds only its own spec's lock: two sessions asking for
-    the same spec share one load, while a session asking for another spec is served (or starts its
-    own load) at once. The store-wide lock guards the dictionaries only and is never held while
-    loading or checking files.
+    A cached model is handed out only while its files are still the ones it was read from: each
+    `start` and `get` compares `current_identity` (a few stat calls) with the identity it was loaded
+    with, and reads the model again when they differ, e.g. after a checkpoint was saved again under
+    its name. The store's lock guards its dictionaries only and is never held while loading or
+    checking files.
     """
 
     def __init__(self, capacity: int = 2, loader: Callable[..., LoadedModel] | None = None) -> None:
         self.capacity = capacity  # models kept in memory; loading one more drops the least recently used
         self.loader = loader or load_model  # (spec, progress) -> LoadedModel
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # spec -> model, oldest use first
-        self._spec_locks: dict[str, threading.Lock] = {}  # spec -> held while that spec is checked or loaded
+        self._loads: dict[str, _Load] = {}  # spec -> its load under way, or its last failed one
         self._lock = threading.Lock()  # guards the two dictionaries above
-
-    def _lock_for(self, spec: str) -> threading.Lock:
-        with self._lock:
-            return self._spec_locks.setdefault(spec, threading.Lock())
 
     def cached_specs(self) -> list[str]:
         """Specs held in memory now, least recently used first."""
         with self._lock:
             return list(self._models)
 
+    def start(self, spec: str) -> LoadStatus:
+        """Begin loading `spec` in the background unless it is loaded, loading or failed; never waits."""
+        found = self._begin(spec, retry_failed=False)
+        if isinstance(found, _Load):
+            return found.status()
+        return LoadStatus(spec, model=found, fraction=1.0)
+
     def get(self, spec: str, progress: Progress | None = None) -> LoadedModel:
-        """The model for `spec`, loaded now or earlier; raises `ModelLoadError` with a message."""
-        with self._lock_for(spec):
-            with self._lock:
-                cached = self._models.get(spec)
-                if cached is not None:
-                    self._models.move_to_end(spec)  # the most recently used
+        """The model for `spec`, loaded now or earlier; raises `ModelLoadError` with a message.
+
+        While it loads, `progress(fraction, message)` is called every POLL_S seconds in the caller's
+        thread (so it may draw on a page)."""
+        found = self._begin(spec, retry_failed=True)
+        if not isinstance(found, _Load):
+            return found
+        while not found.done.wait(POLL_S):
+            if progress is not None:
+                progress(found.fraction, found.message)
+        if found.error is not None:
+            raise found.error
+        return found.model
+
+    def _begin(self, spec: str, retry_failed: bool) -> LoadedModel | _Load:
+        """The cached model while its files are unchanged, else the load of `spec` (started if none)."""
+        with self._lock:
+            cached = self._models.get(spec)
             if cached is not None:
-                if current_identity(cached.info) == cached.info.identity:
-                    return cached
-                log.info("%s changed on disk since it was loaded; loading it again", spec)
-                with self._lock:
-                    self._models.pop(spec, None)
-                del cached  # let go of the old weights before reading the new ones
-            loaded = self.loader(spec, progress)
+                self._models.move_to_end(spec)  # the most recently used
+        if cached is not None:
+            if current_identity(cached.info) == cached.info.identity:
+                return cached
+            log.info("%s changed on disk since it was loaded; loading it again", spec)
+        with self._lock:
+            if cached is not None and self._models.get(spec) is cached:
+                del self._models[spec]  # let go of the old weights before reading the new ones
+            newer = self._models.get(spec)  # another session's load finished meanwhile
+            if newer is not None and newer is not cached:
+                return newer
+            load = self._loads.get(spec)
+            if load is not None and (not load.done.is_set() or not retry_failed):
+                return load
+            load = self._loads[spec] = _Load(spec, message=f"Loading {spec}…")
+        del cached
+        threading.Thread(target=self._run, args=(load,), name=f"load {spec}", daemon=True).start()
+        return load
+
+    def _run(self, load: _Load) -> None:
+        """In the load's own thread: load, then publish the model (or keep the error) and wake waiters."""
+        try:
+            model = self.loader(load.spec, load.report)
+        except Exception as e:  # noqa: BLE001 - handed to every waiter and to the sidebar
+            load.error = e
+            log.info("loading %s failed: %s", load.spec, e)
+        else:
             with self._lock:
-                self._models[spec] = loaded
+                self._models[load.spec] = model
                 while len(self._models) > self.capacity:
                     self._models.popitem(last=False)
-            return loaded
+                if self._loads.get(load.spec) is load:
+                    del self._loads[load.spec]
+            load.model, load.fraction, load.message = model, 1.0, "Loaded."
+        finally:
+            if load.model is None and load.error is None:  # the thread was stopped mid-load
+                load.error = ModelLoadError(f"Loading '{load.spec}' stopped half-way; pick it again.")
+            load.done.set()
