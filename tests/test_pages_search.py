@@ -253,7 +253,7 @@ def test_upload_index_query_and_inspect(tiny_gpt2_dir, data_dir):
     assert len(headers) == 3 and headers[0].startswith("**[1] honeybees\\.txt**")
     assert any('<mark style="background: #fde68a' in h.value and 'id="hit-1"' in h.value for h in at.html)
     assert any(s.value.startswith("All three metrics rank these hits in the same order") for s in at.success)
-    assert len(at.get("vega_lite_chart")) == 1  # the query among the chunks
+    assert len(at.get("vega_lite_chart")) == 2  # the query and hit 1 as vectors; the query among the chunks
 
     # Indexing the same files again adds nothing; the duplicates are named.
     at.button(key="search_index_go").click().run()

@@ -1,5 +1,6 @@
 """`DocumentIndex`: documents chunked, embedded and stored in one Chroma collection (cosine space),
-deduplicated by content hash; add with progress, list, inspect, delete, search.
+deduplicated by content hash, with a BM25 keyword index beside it (core.retrieval.sparse) kept in step;
+add with progress, list, inspect, delete, search by cosine, BM25 or both fused.
 
 A document becomes visible only once all its chunks are stored (core.retrieval.recovery): an upload
 that was interrupted is rolled back, and one whose process died is removed when the index is opened."""
@@ -10,19 +11,39 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from chromadb.errors import ChromaError
 
 from core.errors import InputError, SettingsError, VectorLabError
-from core.retrieval.chunking import Chunk, Chunker, ChunkSettings, merge_chunks
+from core.retrieval import collections as admin
+from core.retrieval.chunking import (
+    Chunk,
+    Chunker,
+    ChunkSettings,
+    location_from_metadata,
+    location_metadata,
+    merge_chunks,
+)
+from core.retrieval.collections import ChunkVectors, CollectionInfo
 from core.retrieval.documents import Document, ParseSettings, parse_files
 from core.retrieval.encoders import Embedder
+from core.retrieval.fusion import RRF_K
+from core.retrieval.hybrid import search_index
+from core.retrieval.keywords import sync_keywords
+from core.retrieval.maps import mark_modified
 from core.retrieval.recovery import IN_FLIGHT, PENDING, VISIBLE, IncompleteUpload, has_pending, is_pending
 from core.retrieval.recovery import remove_incomplete as remove_incomplete_uploads
 from core.retrieval.search import Hit, SearchResult, hits_from_query
-from core.retrieval.store import VectorLabEmbeddingFunction, collection_name_problem
+from core.retrieval.sparse import SparseIndex, sparse_file
+from core.retrieval.store import (
+    HnswSettings,
+    VectorLabEmbeddingFunction,
+    apply_hnsw,
+    collection_name_problem,
+)
 from core.retrieval.uploads import DocumentInfo, Duplicate, IndexProgress, IndexReport, ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -35,8 +56,9 @@ class IndexSettings:
     collection: str = "documents"  # Chroma collection: 3-512 chars of a-z A-Z 0-9 . _ -
     batch_size: int = 64  # chunks embedded and added per Chroma call; progress ticks once per batch
     chunk: ChunkSettings = field(default_factory=ChunkSettings)  # how documents are cut
-    hnsw_ef_search: int = 100  # HNSW candidates kept per query (Chroma's default); more = better recall,
-    # slower. Fixed when the collection is created: an existing collection keeps its own value.
+    hnsw: HnswSettings | None = None  # HNSW graph settings; None: a new collection gets HnswSettings(),
+    # an existing one keeps its own. Given: ef_search is applied to an existing collection too (M and
+    # ef_construction are fixed at creation; `hnsw_notes` says when they differ).
 
     def __post_init__(self) -> None:
         problem = collection_name_problem(self.collection)
@@ -44,26 +66,6 @@ class IndexSettings:
             raise SettingsError(problem)
         if self.batch_size < 1:
             raise SettingsError(f"batch_size must be at least 1, got {self.batch_size}; try 64.")
-        if self.hnsw_ef_search < 1:
-            raise SettingsError(f"hnsw_ef_search must be at least 1, got {self.hnsw_ef_search}; try 100.")
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    name: str
-    n_chunks: int
-    embedder: str  # the encoder that filled it ("?" if not made by Vector Lab)
-
-
-@dataclass(frozen=True)
-class ChunkVectors:
-    """Every chunk in a collection with its stored embedding."""
-
-    ids: list[str]
-    embeddings: np.ndarray  # [N, d]
-    doc_names: list[str]
-    chunk_indices: list[int]
-    texts: list[str]
 
 
 class DocumentIndex:
@@ -71,7 +73,8 @@ class DocumentIndex:
 
     `client` comes from `make_client`; `embedder` is a `SentenceEmbedder` (its tokenizer sizes chunks)
     or any `Embedder` together with an explicit `chunker`. Opening the index removes incomplete uploads
-    left by a process that died (`removed_incomplete` lists them) unless `recover=False`."""
+    left by a process that died (`removed_incomplete` lists them) unless `recover=False`. The keyword
+    index lives in `sparse_dir` (default: `collections.default_sparse_dir(client)`)."""
 
     def __init__(
         self,
@@ -80,8 +83,10 @@ class DocumentIndex:
         settings: IndexSettings | None = None,
         chunker: Chunker | None = None,
         recover: bool = True,
+        sparse_dir: Path | None = None,
     ) -> None:
         self.client = client
+        self.sparse_dir = Path(sparse_dir) if sparse_dir is not None else admin.default_sparse_dir(client)
         self.embedder = embedder
         self.settings = settings or IndexSettings()
         limit = getattr(embedder, "max_tokens", None)
@@ -108,7 +113,7 @@ class DocumentIndex:
         try:
             collection = self.client.get_or_create_collection(
                 name,
-                configuration={"hnsw": {"space": "cosine", "ef_search": self.settings.hnsw_ef_search}},
+                configuration=(self.settings.hnsw or HnswSettings()).configuration("cosine"),
                 metadata={"embedder": self.embedder.name, "dimension": int(self.embedder.dimension)},
                 embedding_function=self.embedding_function,
             )
@@ -130,6 +135,7 @@ class DocumentIndex:
                 f"Collection '{name}' was created with {space.get('space')} distance, not cosine; "
                 "choose another collection name."
             )
+        self.hnsw_notes = apply_hnsw(collection, self.settings.hnsw) if self.settings.hnsw else []
         return collection
 
     # -- reading: only complete documents are ever seen --
@@ -244,11 +250,13 @@ class DocumentIndex:
                 self.collection.add(
                     ids=ids,
                     documents=[chunk.text for _, chunk, _ in batch],
+                    embeddings=self.embedder.encode([chunk.embedding_text for _, chunk, _ in batch]),
                     metadatas=[_chunk_metadata(doc, chunk, n, complete=False) for doc, chunk, n in batch],
                 )
                 tokens_done += sum(chunk.n_tokens for _, chunk, _ in batch)
                 report(start + len(batch))
             self._complete(attempted)
+            self.sync_sparse()
         except BaseException as e:  # BaseException too: Streamlit stops a run with one, and so does Ctrl+C
             log.info("Indexing into %s stopped (%r); removing its %d chunks", self.name, e, len(attempted))
             self._rollback(attempted)
@@ -266,6 +274,7 @@ class DocumentIndex:
             )
         for part in self._batches(ids):
             self.collection.update(ids=part, metadatas=[{"complete": True}] * len(part))
+        mark_modified(self.collection)  # cached maps of this collection are now stale
 
     def _rollback(self, ids: list[str]) -> None:
         try:
@@ -291,6 +300,7 @@ class DocumentIndex:
             raise InputError(f"No indexed document has hash {content_hash[:12]}...; refresh the list.")
         ids = self.collection.get(where={"doc_hash": content_hash}, include=[])["ids"]
         self._delete(ids)
+        self.sync_sparse()
         return len(ids)
 
     def remove_incomplete(self) -> list[IncompleteUpload]:
@@ -323,39 +333,39 @@ class DocumentIndex:
     def _delete(self, ids: Sequence[str]) -> None:
         for part in self._batches(ids):
             self.collection.delete(ids=part)
+        if ids:
+            mark_modified(self.collection)
 
     # -- collections --
 
     def collections(self) -> list[CollectionInfo]:
         """Every collection on this client with its size and encoder."""
-        infos = []
-        for col in self.client.list_collections():
-            meta = col.metadata or {}
-            infos.append(CollectionInfo(col.name, int(col.count()), str(meta.get("embedder", "?"))))
-        return sorted(infos, key=lambda c: c.name)
+        return admin.list_collections(self.client)
 
     def delete_collection(self, name: str) -> None:
-        """Delete a collection; deleting this index's own collection leaves it empty and usable."""
-        if name not in {c.name for c in self.client.list_collections()}:
-            raise InputError(f"There is no collection named '{name}'.")
-        try:
-            self.client.delete_collection(name)
-        except ChromaError as e:
-            raise InputError(f"Chroma could not delete the collection '{name}': {e}") from e
+        """Delete a collection and its keyword index; deleting this index's own collection leaves it
+        empty and usable."""
+        admin.delete_collection(self.client, name, self.sparse_dir)
         if name == self.name:
             self.collection = self._open_collection(name)
 
+    # -- the keyword index --
+
+    @property
+    def sparse_path(self) -> Path:
+        return sparse_file(self.sparse_dir, self.name)
+
+    def sync_sparse(self) -> tuple[SparseIndex, str | None]:
+        """The BM25 index of this collection's complete chunks, brought in step with the collection
+        first, and what had to be done (None when it was up to date): `keywords.sync_keywords`."""
+        return sync_keywords(self.collection, self.sparse_path, self.name, self._batches)
+
     # -- querying --
 
-    def search(self, query: str, k: int = 5) -> SearchResult:
-        """Top-k chunks for `query` by cosine similarity, each re-scored under dot and L2."""
-        if not isinstance(query, str) or not query.strip():
-            raise InputError("Type a question or phrase to search for.")
-        if k < 1:
-            raise InputError(f"k must be at least 1, got {k}.")
-        self._require_content()  # before encoding: an empty index needs no model call
-        vector = self.embedder.encode([query])[0]  # [d]
-        return SearchResult(query=query, query_embedding=vector, hits=self.search_vector(vector, k))
+    def search(self, query: str, k: int = 5, mode: str = "dense", rrf_k: int = RRF_K) -> SearchResult:
+        """Top-k chunks for `query` by cosine ("dense"), BM25 ("sparse") or both fused by reciprocal
+        rank fusion ("hybrid"); each hit carries both scores and its rank in both lists."""
+        return search_index(self, query, k, mode, rrf_k)
 
     def search_vector(self, vector: np.ndarray, k: int = 5) -> list[Hit]:
         """Top-k chunks nearest an already-embedded query [d]."""
@@ -369,29 +379,18 @@ class DocumentIndex:
         if any(is_pending(m) for m in got["metadatas"][0]):  # an upload is being stored right now:
             got = self.collection.query(**query, where=VISIBLE)  # filter only then (filters cost time)
         if not got["ids"][0]:
-            self._require_content()
+            self.require_content()
         return hits_from_query(got, q)
 
     def chunk_vectors(self) -> ChunkVectors:
         """All chunks with their stored embeddings, in document/chunk order."""
-        self._require_content()
-        got = self.collection.get(include=["embeddings", "metadatas", "documents"])
-        pending = {m["doc_hash"] for m in got["metadatas"] if is_pending(m)}
-        order = sorted(
-            (i for i, m in enumerate(got["metadatas"]) if m["doc_hash"] not in pending),
-            key=lambda i: (got["metadatas"][i]["doc_name"], got["metadatas"][i]["chunk_index"]),
-        )
-        if not order:
-            self._require_content()
-        return ChunkVectors(
-            ids=[got["ids"][i] for i in order],
-            embeddings=np.asarray(got["embeddings"], dtype=np.float32)[order],
-            doc_names=[got["metadatas"][i]["doc_name"] for i in order],
-            chunk_indices=[int(got["metadatas"][i]["chunk_index"]) for i in order],
-            texts=[got["documents"][i] for i in order],
-        )
+        self.require_content()
+        vectors = admin.read_chunk_vectors(self.collection)
+        if not vectors.ids:
+            self.require_content()
+        return vectors
 
-    def _require_content(self) -> int:
+    def require_content(self) -> int:
         count = self.count()
         if count == 0:
             raise InputError(f"Nothing is indexed in '{self.name}' yet; upload a document first.")
@@ -414,6 +413,7 @@ def _chunk_metadata(doc: Document, chunk: Chunk, n_chunks: int, complete: bool) 
         "char_start": chunk.char_start,
         "char_end": chunk.char_end,
         "n_tokens": chunk.n_tokens,
+        **location_metadata(chunk),  # heading path and pages
     }
 
 
@@ -426,4 +426,5 @@ def _chunk_from(meta: dict[str, Any], text: str) -> Chunk:
         char_end=int(meta["char_end"]),
         text=text,
         n_tokens=int(meta["n_tokens"]),
+        **location_from_metadata(meta),
     )

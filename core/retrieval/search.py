@@ -1,22 +1,24 @@
-"""What a search returns and how the page explains it: `Hit`s ranked by cosine and re-scored under
-dot product and L2, the three metrics' orders compared, and a hit placed back in its document."""
+"""What a search returns and how the page explains it: `Hit`s ranked by cosine, BM25 or both fused,
+each carrying its cosine (re-scored under dot product and L2), BM25 score and rank in either list; the
+three dense metrics' orders compared, and a hit placed back in its document."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from core.errors import InputError
-from core.retrieval.chunking import Chunk
+from core.retrieval.chunking import Chunk, location_from_metadata, source_label
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One retrieved chunk. Chroma ranks by cosine; dot and L2 are the same pair re-scored for teaching."""
+    """One retrieved chunk. Chroma ranks by cosine; dot and L2 are the same pair re-scored for teaching;
+    BM25 ranks by shared terms; hybrid search fuses both rankings (core.retrieval.fusion)."""
 
     rank: int  # 1 = best
     id: str
@@ -29,6 +31,18 @@ class Hit:
     cosine: float  # 1 - Chroma's cosine distance; higher is closer
     dot: float  # query · chunk; equals cosine for unit vectors
     l2: float  # ||query - chunk||; sqrt(2 - 2·cosine) for unit vectors; lower is closer
+    bm25: float | None = None  # BM25 score of the chunk for the query (0 = no shared term)
+    dense_rank: int | None = None  # rank in the cosine list; None = not among its candidates
+    sparse_rank: int | None = None  # rank in the BM25 list; None = not among its candidates
+    rrf: float | None = None  # hybrid only: Σ over both lists of 1 / (RRF k + rank)
+    heading_path: tuple[str, ...] = ()  # the headings the chunk sits under, outermost first
+    page: int = 0  # PDF: the page the chunk starts on (0: no pages)
+    last_page: int = 0  # PDF: the page it ends on
+
+    @property
+    def source(self) -> str:
+        """Where the chunk comes from, "document › section › p. 3", as hits and citations show it."""
+        return source_label(self.doc_name, self.heading_path, self.page, self.last_page)
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,10 @@ class SearchResult:
     query: str
     query_embedding: np.ndarray  # [d]
     hits: list[Hit]
+    mode: str = "dense"  # "dense" (cosine), "sparse" (BM25) or "hybrid" (both, fused by RRF)
+    candidates: int = 0  # how deep each list was read: ranks beyond this are None
+    rrf_k: int = 0  # hybrid only: the k in 1 / (k + rank)
+    notes: tuple[str, ...] = field(default=())  # what the page should say (a keyword index rebuilt)
 
 
 def hits_from_query(got: dict[str, Any], q: np.ndarray) -> list[Hit]:
@@ -67,7 +85,36 @@ def hits_from_query(got: dict[str, Any], q: np.ndarray) -> list[Hit]:
                 cosine=1.0 - float(distance),
                 dot=float(e @ q),
                 l2=float(np.linalg.norm(e - q)),
+                **location_from_metadata(meta),
             )
+        )
+    return hits
+
+
+def hits_from_get(got: dict[str, Any], q: np.ndarray) -> dict[str, Hit]:
+    """Hits (rank 0: placed later) from a Chroma `get` (documents, metadatas and embeddings included),
+    by chunk id, each scored against the query vector `q` [d] under cosine, dot and L2."""
+    hits = {}
+    q_norm = float(np.linalg.norm(q))
+    for cid, text, meta, emb in zip(
+        got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True
+    ):
+        e = np.asarray(emb, dtype=np.float64)
+        dot = float(e @ q)
+        norms = float(np.linalg.norm(e)) * q_norm
+        hits[cid] = Hit(
+            rank=0,
+            id=cid,
+            doc_name=meta["doc_name"],
+            doc_hash=meta["doc_hash"],
+            chunk_index=int(meta["chunk_index"]),
+            char_start=int(meta["char_start"]),
+            char_end=int(meta["char_end"]),
+            text=text,
+            cosine=dot / norms if norms else 0.0,
+            dot=dot,
+            l2=float(np.linalg.norm(e - q)),
+            **location_from_metadata(meta),
         )
     return hits
 
