@@ -98,4 +98,25 @@ STATIONS = (
         "Gradients are what shaped every vector in the other stations. Seeing their sizes per layer, and "
         "what Adam does with them, makes 'training' concrete — and the before/after shows what changed.",
     ),
+    Station(
+        9,
+        "One token's journey",
+        "pages/10_journey.py",
+        ":material/route:",
+        "Pick one token and follow it on one screen: its embedding row, its position, its query, key and "
+        "value and the tokens it attends to, its vector after every block, what each depth would predict, "
+        "and the final distribution — every number from the same forward pass.",
+        "The other stations show one place for every token; following a single vector end to end shows how "
+        "the pieces connect, and where its prediction takes shape.",
+    ),
+    Station(
+        10,
+        "What if? Experiments",
+        "pages/9_experiments.py",
+        ":material/science:",
+        "Change one vector inside the real model — remove attention heads, or copy an activation from "
+        "one prompt into another — and watch the next-token distribution and the continuation move.",
+        "Looking shows what is there; changing it shows what it does. A head whose removal moves the "
+        "output, or a position whose vector carries the answer, is a part the model really uses.",
+    ),
 )

@@ -1,0 +1,1 @@
+"""Sections of the experiments station ("What if?"), one module per experiment."""
