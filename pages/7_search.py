@@ -9,6 +9,7 @@ import streamlit as st
 from ui import search_state
 from ui.search.add_documents import add_documents
 from ui.search.documents import documents_list
+from ui.search.lab import chunking_lab
 from ui.search.rag import rag_answer
 from ui.search.results import search_results
 from ui.search.store import collections_panel, open_store
@@ -29,8 +30,13 @@ embedder = search_state.require_embedder()
 location, client = search_state.require_store()
 
 store = open_store(embedder, location, client)
-add_tab, docs_tab, collections_tab = st.tabs(
-    ["Add documents", f"Documents ({len(store.documents)})", f"Collections ({len(store.collections)})"]
+add_tab, docs_tab, collections_tab, lab_tab = st.tabs(
+    [
+        "Add documents",
+        f"Documents ({len(store.documents)})",
+        f"Collections ({len(store.collections)})",
+        "Chunking lab",
+    ]
 )
 with add_tab:
     add_documents(store)
@@ -38,6 +44,8 @@ with docs_tab:
     documents_list(store)
 with collections_tab:
     collections_panel(store)
+with lab_tab:
+    chunking_lab(store)
 
 result = search_results(store)
 if result is not None:

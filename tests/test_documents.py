@@ -98,7 +98,8 @@ def test_docx_paragraphs_and_tables_are_extracted():
     data = make_docx(["Heading words", "A paragraph about embeddings."], table=[["cell a", "cell b"]])
     doc = parse_file("report.docx", data)
     assert doc.kind == "docx"
-    assert doc.text.splitlines() == ["Heading words", "A paragraph about embeddings.", "cell a\tcell b"]
+    # Paragraphs become Markdown paragraphs, the table a Markdown table (its first row the header).
+    assert doc.text == "Heading words\n\nA paragraph about embeddings.\n\n| cell a | cell b |\n| --- | --- |"
 
 
 def test_html_drops_scripts_styles_and_head_and_decodes_entities():
@@ -108,7 +109,7 @@ def test_html_drops_scripts_styles_and_head_and_decodes_entities():
     )
     doc = parse_file("page.html", html)
     assert doc.kind == "html"
-    assert doc.text == "Café notes\nCosine & dot."
+    assert doc.text == "# Café notes\n\nCosine & dot."  # the heading stays a heading
 
 
 def test_pasted_text_gets_a_stable_name_from_its_hash():
@@ -402,7 +403,8 @@ def test_the_text_one_upload_may_add_is_capped(name, make):
     )
     with pytest.raises(InputError, match=re.escape(message)):
         parse_file(name, make(text), ParseSettings(max_chars=50))
-    assert parse_file(name, make(text), ParseSettings(max_chars=61)).n_chars <= 61
+    # 60 characters of text, plus at most a blank line between a .docx's two paragraphs
+    assert parse_file(name, make(text), ParseSettings(max_chars=62)).n_chars <= 62
 
 
 # --- chunking -------------------------------------------------------------------------------------
@@ -473,7 +475,7 @@ def test_preview_summarises_the_chunks(minilm):  # noqa: F811
     assert [r["chunk"] for r in rows] == [0, 1]
     assert rows[0]["overlap chars"] == 0
     assert rows[1]["overlap chars"] == max(0, chunks[0].char_end - chunks[1].char_start)
-    assert set(rows[0]) == {"chunk", "tokens", "chars", "overlap chars", "text"}
+    assert set(rows[0]) == {"chunk", "section", "tokens", "chars", "overlap chars", "text"}
 
 
 def test_chunk_settings_validate_with_a_fix():

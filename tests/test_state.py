@@ -213,6 +213,10 @@ DIRECT_WRITES = {
         "widget_key",  # kept(): the widget re-seeded from it
         "plain",
     },
+    "ui/search/lab.py": {
+        "QUESTIONS",  # the user's questions and answer passages (an input)
+        "RUNNING",  # a run is in progress (a flag, not a result)
+    },
     "ui/search/store.py": {
         "COLLECTION",
         "QUERY",

@@ -7,6 +7,7 @@ data directory. Names with path separators are rejected rather than silently sho
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import unicodedata
@@ -20,20 +21,38 @@ from core.retrieval.limits import ParseSettings, check_chars, mb
 log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".pdf", ".docx", ".html", ".htm")
+MARKDOWN_KINDS = ("md", "html", "docx", "pdf")  # kinds whose text is Markdown (headings, lists, code)
 
 
 @dataclass(frozen=True)
 class Document:
-    """The plain text of one upload; chunks point into `text` by character offsets."""
+    """The text of one upload, with its structure; chunks point into `text` by character offsets.
+
+    HTML, .docx and PDF text is Markdown (see core.retrieval.formats): headings, lists and code blocks
+    are kept, so chunks can follow sections. A PDF also says where each of its pages begins."""
 
     name: str  # the file name as uploaded (a plain name, never a path)
     kind: str  # "txt", "md", "pdf", "docx", "html" or "pasted"
     text: str  # extracted text, newlines normalised to "\n", outer whitespace stripped
     content_hash: str  # sha256 of `text`; the same text uploaded twice has the same hash
+    page_starts: tuple[int, ...] = ()  # PDF: offset in `text` where each page with text begins
+    page_numbers: tuple[int, ...] = ()  # PDF: the 1-based page number of each of those pages
 
     @property
     def n_chars(self) -> int:
         return len(self.text)
+
+    @property
+    def is_markdown(self) -> bool:
+        """Whether `text` is Markdown whose headings mark its sections."""
+        return self.kind in MARKDOWN_KINDS
+
+    def page_at(self, offset: int) -> int:
+        """The 1-based page holding character `offset`; 0 for documents without pages."""
+        if not self.page_starts:
+            return 0
+        i = max(0, bisect.bisect_right(self.page_starts, offset) - 1)
+        return self.page_numbers[i]
 
 
 @dataclass(frozen=True)
@@ -90,10 +109,12 @@ def parse_file(name: str, data: bytes, settings: ParseSettings | None = None) ->
             f"'{name}' is {mb(len(data))}; the limit is {mb(settings.max_bytes)}. "
             "Split it into smaller files."
         )
+    pages: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
     if suffix in (".txt", ".md", ".markdown"):
         text, kind = decode_text(name, data, settings), ("md" if suffix != ".txt" else "txt")
     elif suffix == ".pdf":
-        text, kind = pdf_text(name, data, settings), "pdf"
+        pdf, kind = pdf_text(name, data, settings), "pdf"
+        text, pages = pdf.text, (pdf.page_starts, pdf.page_numbers)  # already normalised and stripped
     elif suffix == ".docx":
         text, kind = docx_text(name, data, settings), "docx"
     else:
@@ -106,7 +127,14 @@ def parse_file(name: str, data: bytes, settings: ParseSettings | None = None) ->
             raise InputError(f"'{name}' holds only whitespace; there is nothing to index.")
         raise InputError(f"'{name}' contains no text to index.")
     check_chars(name, len(text), settings)
-    return Document(name=name, kind=kind, text=text, content_hash=content_hash(text))
+    return Document(
+        name=name,
+        kind=kind,
+        text=text,
+        content_hash=content_hash(text),
+        page_starts=pages[0],
+        page_numbers=pages[1],
+    )
 
 
 def parse_text(text: str, name: str | None = None, settings: ParseSettings | None = None) -> Document:

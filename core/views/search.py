@@ -72,7 +72,8 @@ _BADGE_STYLE = (
 
 def chunks_html(text: str, chunks: Sequence[Chunk], max_chars: int = 20_000) -> str:
     """The document text with each chunk shaded (alternating colours), text shared by two chunks in
-    yellow, and a badge `#i · n tok` where each chunk starts. Everything from the document is escaped.
+    yellow, and a badge `#i · n tok · heading path · p. N` where each chunk starts. Everything from the
+    document is escaped.
 
     Shows the text up to the end of the last given chunk, at most `max_chars` characters."""
     end = min(max((c.char_end for c in chunks), default=0), max_chars)
@@ -84,7 +85,10 @@ def chunks_html(text: str, chunks: Sequence[Chunk], max_chars: int = 20_000) -> 
     parts = ['<div style="white-space: pre-wrap; line-height: 1.8; font-size: 0.9rem;">']
     for a, b in zip(points, points[1:], strict=False):
         for c in starts.get(a, []):
-            parts.append(f'<span style="{_BADGE_STYLE}">#{c.index} · {c.n_tokens} tok</span>')
+            where = "".join(
+                f" · {html.escape(x)}" for x in (c.section, f"p. {c.page}" if c.page else "") if x
+            )
+            parts.append(f'<span style="{_BADGE_STYLE}">#{c.index} · {c.n_tokens} tok{where}</span>')
         covering = [c for c in chunks if c.char_start <= a and b <= c.char_end]
         piece = html.escape(text[a:b])
         if not covering:
