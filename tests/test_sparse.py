@@ -341,3 +341,22 @@ def test_search_page_picks_a_mode_and_shows_both_vectors_with_their_checks(tiny_
         "No chunk in 'documents' contains any word of 'zebra' (stopwords such as 'the' and one-letter "
         "words are ignored); try dense or hybrid search."
     ]
+
+
+def test_bm25_finds_a_chunk_by_its_section_title(fresh_index):  # noqa: F811
+    """The heading path is indexed with the chunk's text, as it is embedded with it for dense search:
+    a word only the section title holds finds every chunk of that section by keyword."""
+    from core.retrieval.documents import parse_file
+
+    body = " ".join(
+        f"Rule {i}: a member may mount removable device number {i} from the desk {i * 7} without asking."
+        for i in range(40)
+    )
+    manual = f"# Permissions\n\n## plugdev\n\n{body}\n\n## other\n\nNothing here.\n"
+    fresh_index.add_documents([parse_file("manual.md", manual.encode())])
+    section = [c for c in fresh_index.chunk_vectors().texts if "desk" in c]
+    headless = [c for c in section if "plugdev" not in c]
+    assert len(section) >= 2 and headless  # the section spans chunks, some without its title
+    hits = fresh_index.search("plugdev", k=len(section) + 1, mode="sparse").hits
+    assert {h.text for h in hits} == set(section)
+    assert all(h.heading_path == ("Permissions", "plugdev") for h in hits)

@@ -8,10 +8,18 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.retrieval.chunking import SECTION_SEPARATOR, location_from_metadata
 from core.retrieval.recovery import VISIBLE
 from core.retrieval.sparse import SparseIndex, fingerprint, load_cached, save_cached
 
 log = logging.getLogger(__name__)
+
+
+def keyword_text(text: str, meta: dict[str, Any]) -> str:
+    """What BM25 indexes for a stored chunk: its heading path and its text, as the dense encoder sees it
+    (`Chunk.embedding_text`), so a question naming a section finds that section's chunks either way."""
+    path = location_from_metadata(meta).get("heading_path") or ()
+    return f"{SECTION_SEPARATOR.join(path)}\n\n{text}" if path else text
 
 
 def sync_keywords(
@@ -37,8 +45,9 @@ def sync_keywords(
     new = [cid for cid in visible if cid not in current]
     texts: dict[str, str] = {}
     for part in batches(new):
-        got = collection.get(ids=part, include=["documents"])
-        texts.update(zip(got["ids"], got["documents"], strict=True))
+        got = collection.get(ids=part, include=["documents", "metadatas"])
+        for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
+            texts[cid] = keyword_text(text, meta or {})
     updated = current.without_ids(list(gone)).with_chunks(list(texts), list(texts.values()))
     if why is None:
         why = f"was out of date ({len(texts)} chunks added and {len(gone)} removed elsewhere)"

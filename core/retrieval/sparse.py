@@ -32,7 +32,7 @@ BM25_METHOD = (
 )
 TERM_PATTERN = re.compile(r"(?u)\b\w\w+\b")  # words of 2+ letters/digits/underscores: err_conn_reset
 STOPWORDS = frozenset(STOPWORDS_EN)  # Lucene's 33 English stopwords ("the", "is", "of" ...)
-FORMAT_VERSION = 1  # bumped when the file layout changes; an older file is rebuilt
+FORMAT_VERSION = 2  # bumped when the file layout or what is indexed changes; an older file is rebuilt
 
 
 def terms(text: str) -> list[str]:
