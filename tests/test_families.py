@@ -15,6 +15,7 @@ from core.inspection.attention import qkv_split
 from core.inspection.layers import layer_labels, logit_lens, norm_effect
 from core.inspection.positions import rotary_check
 from core.inspection.trace import run_trace
+from core.model.capture import RECORDING, recording_attention
 from core.model.families import (
     FAMILIES,
     HOOK_ATTN,
@@ -25,6 +26,7 @@ from core.model.families import (
     model_parts,
 )
 from core.model.loading import gpt2_tokenizer, wrap
+from core.tolerance import check_close, float32_tolerance
 
 TEXT = "The quick brown fox jumps over the lazy dog because it"
 
@@ -66,9 +68,81 @@ def test_trace_invariants(family_model):
 
 def test_trace_arrays_are_read_only(family_model):
     trace = run_trace(family_model, TEXT)
-    for array in (trace.q, trace.residual, trace.attention_layers[0], trace.attentions, trace.last_probs):
+    arrays = [trace.q, trace.residual, trace.attention_layers[0], trace.attentions, trace.last_probs]
+    arrays += [trace.q_layers[0], trace.k_layers[-1], trace.v, trace.residual_layers[0]]
+    if trace.rotary is not None:
+        arrays += [trace.q_pre_rotary_layers[0], trace.k_pre_rotary]
+    for array in arrays:
         with pytest.raises(ValueError, match="read-only"):
             array[(0,) * array.ndim] = 1.0
+
+
+def test_recorded_qk_are_the_model_rotary_of_the_projections(family_model):
+    """The q/k recorded inside attention equal the model's own rotary applied to the projections."""
+    import torch
+
+    trace = run_trace(family_model, TEXT)
+    family = FAMILIES[family_model.info.family]
+    if family.positions == LEARNED:
+        assert trace.q_pre_rotary is None and trace.k_pre_rotary is None
+        return  # no rotation: the q/k/v split test compares the projections with the recorded q/k/v
+    model, T = family_model.model, trace.n_tokens
+    parts = model_parts(model)
+    x = torch.tensor(trace.block_input)[None]
+    with torch.inference_mode():
+        cos, sin = parts.rotary_embedding(x, torch.arange(T)[None])  # asked afresh, not from the trace
+        q_pre, k_pre = torch.tensor(trace.q_pre_rotary), torch.tensor(trace.k_pre_rotary)
+        q, k = family.apply_rotary(model)(q_pre, k_pre, cos[0], sin[0], unsqueeze_dim=0)
+    # Each rotated coordinate is a two-term sum q_i·cos + q_j·sin.
+    assert_passes(check_close(q.numpy(), trace.q, reduction_length=2, reference=trace.q_pre_rotary))
+    assert_passes(check_close(k.numpy(), trace.k, reduction_length=2, reference=trace.k_pre_rotary))
+    # Past position 0 the rotation moves them, so recording the projections instead would fail above.
+    moved = np.abs(trace.q[:, :, 1:] - trace.q_pre_rotary[:, :, 1:]).max()
+    assert moved > float32_tolerance(trace.q_pre_rotary, reduction_length=2)
+
+
+def test_recording_attention_is_eager_and_only_for_its_thread(family_model, tokenizer):
+    import threading
+
+    import torch
+
+    model = family_model.model
+    ids = torch.as_tensor(tokenizer(TEXT)["input_ids"])[None]
+
+    def forward():
+        with torch.inference_mode():
+            return model(input_ids=ids, output_attentions=True, use_cache=False)
+
+    eager = forward()
+    seen, elsewhere = [], []
+    with recording_attention(model, lambda module, q, k, v: seen.append((module, q.shape, k.shape, v.shape))):
+        assert model.config._attn_implementation == RECORDING
+        recorded = forward()
+        other = threading.Thread(target=lambda: elsewhere.append(forward()))
+        other.start()
+        other.join()
+    assert model.config._attn_implementation == "eager"  # back as it was
+
+    parts, info = model_parts(model), family_model.info
+    T = ids.shape[1]
+    assert [module for module, *_ in seen] == [parts.attention(i) for i in range(info.n_layer)]
+    for _, q_shape, k_shape, v_shape in seen:
+        assert q_shape == (1, info.n_head, T, info.d_head)
+        assert k_shape == v_shape == (1, info.n_kv_head, T, info.d_head)
+    # The same eager maths: identical logits and attention weights, here and in the other thread.
+    for out in (recorded, elsewhere[0]):
+        assert torch.equal(out.logits, eager.logits)
+        assert all(torch.equal(a, b) for a, b in zip(out.attentions, eager.attentions, strict=True))
+
+
+def test_stacked_arrays_are_built_on_first_use(family_model):
+    trace = run_trace(family_model, TEXT)
+    stacked = ("q", "k", "v", "q_pre_rotary", "k_pre_rotary", "residual", "attentions", "head_outputs")
+    assert not set(stacked) & set(vars(trace))  # nothing stacked by the pass itself
+    np.testing.assert_array_equal(trace.q[1], trace.q_layers[1])
+    np.testing.assert_array_equal(trace.residual[-1], trace.residual_layers[-1])
+    assert {"q", "residual"} <= set(vars(trace))
+    assert len(trace.residual_layers) == trace.n_layer + 1
 
 
 def test_logit_lens_last_row_is_the_model_output(family_model):
@@ -121,3 +195,35 @@ def test_unknown_architectures_keep_their_message():
 
     with pytest.raises(UnsupportedModelError, match=re.escape("not supported yet: bert")):
         family_for_config(BertConfig())
+
+
+def test_the_before_after_view_leaves_a_recording_in_another_thread_alone(family_model, tokenizer):
+    """Station 8's before/after asks for eager attention on the same shared model a trace may be
+    recording on: while it runs, a trace in another thread must still record every layer."""
+    import threading
+
+    import torch
+
+    from core.training.compare import _eager_attention
+
+    model = family_model.model
+    ids = torch.as_tensor(tokenizer(TEXT)["input_ids"])[None]
+    inside, done = threading.Event(), threading.Event()
+
+    def before_after_view():
+        with _eager_attention(model):
+            inside.set()
+            done.wait(timeout=60)
+
+    seen = []
+    with recording_attention(model, lambda module, q, k, v: seen.append(module)):
+        other = threading.Thread(target=before_after_view)
+        other.start()
+        assert inside.wait(timeout=60)
+        with torch.inference_mode():
+            model(input_ids=ids, use_cache=False)
+        done.set()
+        other.join()
+        assert model.config._attn_implementation == RECORDING
+    assert len(seen) == family_model.info.n_layer  # every layer recorded meanwhile
+    assert model.config._attn_implementation == "eager"  # and back as it was once the recording ends

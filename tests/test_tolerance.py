@@ -100,7 +100,7 @@ def test_every_trace_check_passes_and_catches_one_part_in_a_thousand(tiny_model)
         "block input": (block_input_check, lambda t: replace(t, block_input=_bump(t.block_input, (2, 3)))),
         "residual": (
             lambda t: residual_stats(t).sum_check,
-            lambda t: replace(t, residual=_bump(t.residual, (1, 2, 3))),
+            lambda t: replace(t, residual_layers=tuple(_bump(t.residual, (1, 2, 3)))),
         ),
         "attention": (
             all_heads_check,
@@ -114,7 +114,7 @@ def test_every_trace_check_passes_and_catches_one_part_in_a_thousand(tiny_model)
         ),
     }
     if trace.rotary is not None:
-        checks["rotary"] = (rotary_check, lambda t: replace(t, q=_bump(t.q, (1, 0, 4, 2))))
+        checks["rotary"] = (rotary_check, lambda t: replace(t, q_layers=tuple(_bump(t.q, (1, 0, 4, 2)))))
     for name, (check, break_it) in checks.items():
         assert check(trace).passed, (name, check(trace))
         broken = check(break_it(trace))

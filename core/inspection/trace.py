@@ -14,6 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from core.errors import InputError, SettingsError
+from core.model.capture import recording_attention
 from core.model.families import HOOK_EMBED, HOOK_POS, family_of, rope_theta
 from core.model.loading import LoadedModel
 
@@ -62,23 +63,57 @@ class Trace:
     position_vectors: np.ndarray | None  # [T, d] rows of wpe (GPT-2); None for rotary models
     rotary: RotaryInfo | None  # rotary description (Llama); None for GPT-2
     block_input: np.ndarray  # [T, d] what the first block receives
-    q: np.ndarray  # [L, H, T, dh] queries, after rotary where the model applies it
-    k: np.ndarray  # [L, Hkv, T, dh] keys, after rotary
-    v: np.ndarray  # [L, Hkv, T, dh] values
-    q_pre_rotary: np.ndarray | None  # [L, H, T, dh] before rotary (Llama); None for GPT-2
-    k_pre_rotary: np.ndarray | None  # [L, Hkv, T, dh]
+    q_layers: tuple[np.ndarray, ...]  # L × [H, T, dh] queries as attention received them (after rotary)
+    k_layers: tuple[np.ndarray, ...]  # L × [Hkv, T, dh] keys, after rotary
+    v_layers: tuple[np.ndarray, ...]  # L × [Hkv, T, dh] values
+    q_pre_rotary_layers: tuple[np.ndarray, ...] | None  # L × [H, T, dh] q projection output (rotary
+    # models); None for GPT-2
+    k_pre_rotary_layers: tuple[np.ndarray, ...] | None  # L × [Hkv, T, dh] k projection output
     attention_layers: tuple[np.ndarray, ...]  # L × [H, T_query, T_key] softmax weights, as the model
     # returned them (see `attentions` for one [L, H, T, T] array); causal upper triangle is 0
     head_output_layers: tuple[np.ndarray, ...]  # L × [T, H, dh] attention-weighted sums of V rows
     attn_out_layers: tuple[np.ndarray, ...]  # L × [T, d] attention's contribution to the residual stream
     mlp_out_layers: tuple[np.ndarray, ...]  # L × [T, d] the MLP's contribution
-    residual: np.ndarray  # [L+1, T, d] residual stream: block input, then after every block
+    residual_layers: tuple[np.ndarray, ...]  # (L+1) × [T, d] block input, then after every block
     scaling: float  # the attention score scale used, 1/√dh for these models
     top_ids: np.ndarray  # [T, k] most likely next tokens at every position
     top_probs: np.ndarray  # [T, k] their probabilities
     target_logprobs: np.ndarray  # [T-1] log p(actual token t+1 | tokens ≤ t)
     last_logits: np.ndarray  # [V] logits after the last token
     last_probs: np.ndarray  # [V] softmax(last_logits)
+
+    # The stacked [L, ...] arrays are built on first use: a page that reads one layer, or none, does
+    # not pay for copying every layer into one block.
+
+    @cached_property
+    def q(self) -> np.ndarray:
+        """[L, H, T, dh] queries, after rotary where the model applies it."""
+        return _stacked(self.q_layers)
+
+    @cached_property
+    def k(self) -> np.ndarray:
+        """[L, Hkv, T, dh] keys, after rotary."""
+        return _stacked(self.k_layers)
+
+    @cached_property
+    def v(self) -> np.ndarray:
+        """[L, Hkv, T, dh] values."""
+        return _stacked(self.v_layers)
+
+    @cached_property
+    def q_pre_rotary(self) -> np.ndarray | None:
+        """[L, H, T, dh] queries before rotary (rotary models); None for learned positions."""
+        return None if self.q_pre_rotary_layers is None else _stacked(self.q_pre_rotary_layers)
+
+    @cached_property
+    def k_pre_rotary(self) -> np.ndarray | None:
+        """[L, Hkv, T, dh] keys before rotary; None for learned positions."""
+        return None if self.k_pre_rotary_layers is None else _stacked(self.k_pre_rotary_layers)
+
+    @cached_property
+    def residual(self) -> np.ndarray:
+        """[L+1, T, d] residual stream: block input, then after every block."""
+        return _stacked(self.residual_layers)
 
     @cached_property
     def attentions(self) -> np.ndarray:
@@ -87,7 +122,7 @@ class Trace:
         For Llama-sized models at 512 tokens this is hundreds of MB, so the pass itself keeps the
         per-layer arrays and only pages that need the whole block pay for stacking it.
         """
-        return _frozen(np.stack(self.attention_layers))
+        return _stacked(self.attention_layers)
 
     @cached_property
     def head_outputs(self) -> np.ndarray:
@@ -97,12 +132,12 @@ class Trace:
     @cached_property
     def attn_out(self) -> np.ndarray:
         """[L, T, d] the attention blocks' contributions, stacked on first use."""
-        return _frozen(np.stack(self.attn_out_layers))
+        return _stacked(self.attn_out_layers)
 
     @cached_property
     def mlp_out(self) -> np.ndarray:
         """[L, T, d] the MLPs' contributions, stacked on first use."""
-        return _frozen(np.stack(self.mlp_out_layers))
+        return _stacked(self.mlp_out_layers)
 
     @property
     def n_tokens(self) -> int:
@@ -110,15 +145,15 @@ class Trace:
 
     @property
     def n_layer(self) -> int:
-        return self.q.shape[0]
+        return len(self.q_layers)
 
     @property
     def n_head(self) -> int:
-        return self.q.shape[1]
+        return self.q_layers[0].shape[0]
 
     @property
     def n_kv_head(self) -> int:
-        return self.k.shape[1]
+        return self.k_layers[0].shape[0]
 
     def kv_head_of(self, head: int) -> int:
         """Which key/value head query head `head` reads (grouped-query attention)."""
@@ -157,15 +192,21 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _stacked(layers) -> np.ndarray:
+    return _frozen(np.stack(layers))
+
+
 def _np(t) -> np.ndarray:
     return _frozen(t.detach().to("cpu").float().numpy())
 
 
 def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None) -> Trace:
-    """Run `text` through the model once and capture every intermediate vector with hooks.
+    """Run `text` through the model once and capture every intermediate vector.
 
-    The hooks are found through the model's family (core.model.families) and record only calls made
-    from this thread: the model is shared, and another session may be running it at the same time.
+    Hooks found through the model's family (core.model.families) take the module outputs; q, k, v are
+    recorded inside each attention call (core.model.capture), after the model applied rotary, so nothing
+    is recomputed afterwards. Only calls made from this thread are recorded: the model is shared, and
+    another session may be running it at the same time.
     """
     import torch
 
@@ -185,8 +226,10 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
     L = len(parts.blocks)
     learned = parts.position_embedding is not None
 
-    got: dict[str, list] = {k: [None] * L for k in ("qkv", "w", "heads", "attn", "mlp", "block_out")}
+    per_layer = ("q", "k", "v", "qkv", "w", "heads", "attn", "mlp", "block_out")
+    got: dict[str, list] = {k: [None] * L for k in per_layer}
     got["embed"], got["pos"], got["block_in"], got["rope"] = [None], [None], [None], [None]
+    layer_of = {parts.attention(i): i for i in range(L)}
     owner = threading.get_ident()
     handles = []
 
@@ -199,6 +242,11 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
                 got[name][index] = _first(output)
 
         return hook
+
+    def record(module, query, key, value):  # [1, H, T, dh], [1, Hkv, T, dh] ×2, post-rotary
+        i = layer_of.get(module)
+        if i is not None:
+            got["q"][i], got["k"][i], got["v"][i] = query[0], key[0], value[0]
 
     try:
         handles.append(parts.hook_module(HOOK_EMBED).register_forward_hook(keep("embed")))
@@ -225,6 +273,9 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
             handles.append(parts.out_projection(i).register_forward_pre_hook(heads_hook))
             handles.append(parts.mlp(i).register_forward_hook(keep("mlp", i)))
             handles.append(parts.blocks[i].register_forward_hook(keep("block_out", i)))
+            if learned:  # the recorded q/k are the projections themselves
+                continue
+            # Rotary: the projections before rotary too, so the rotation can be checked against them.
             projections = parts.qkv_modules(i)
             got["qkv"][i] = [None] * len(projections)
             for j, module in enumerate(projections):
@@ -234,7 +285,7 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
                         got["qkv"][i][j] = output
 
                 handles.append(module.register_forward_hook(qkv_hook))
-            if i == 0 and not learned:  # every layer rotates with the same (cos, sin) tables
+            if i == 0:  # every layer rotates with the same (cos, sin) tables
 
                 def rope_hook(_module, _args, kwargs):
                     if mine():
@@ -242,41 +293,40 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
 
                 handles.append(attn.register_forward_pre_hook(rope_hook, with_kwargs=True))
 
-        with torch.inference_mode():
+        with torch.inference_mode(), recording_attention(model, record):
             out = model(input_ids=torch.as_tensor(ids)[None], use_cache=False)
-            logits = out.logits[0]  # [T, V]
-            # log p = logit − logsumexp(row): only the entries kept are normalised, never a [T, V] copy.
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [T, 1]
-            top_logits, top_ids = logits.topk(config.top_k, dim=-1)
-            top_lp = top_logits - lse
-            target_lp = logits[:-1].gather(1, torch.as_tensor(ids[1:])[:, None])[:, 0] - lse[:-1, 0]
-            last_probs = torch.softmax(logits[-1].double(), dim=-1).float()
-
-            def heads(x, n):  # [1, T, n*dh] -> [n, T, dh]
-                return x[0].view(T, n, info.d_head).transpose(0, 1)
-
-            split = [family.split_qkv(outs, info.n_head, info.n_kv_head, info.d_head) for outs in got["qkv"]]
-            q = torch.stack([heads(qi, info.n_head) for qi, _, _ in split])
-            k = torch.stack([heads(ki, info.n_kv_head) for _, ki, _ in split])
-            v = torch.stack([heads(vi, info.n_kv_head) for _, _, vi in split])
-            rotary = None
-            q_pre = k_pre = None
-            if not learned:
-                cos, sin = got["rope"][0]
-                q_pre, k_pre = q, k
-                q, k = family.apply_rotary(model)(q_pre, k_pre, cos[0], sin[0], unsqueeze_dim=0)
-                rotary = RotaryInfo(
-                    theta=rope_theta(model.config),
-                    d_head=cos.shape[-1],  # the rotated width: d_head, or less for partial rotary
-                    inv_freq=_np(parts.rotary_embedding.inv_freq),  # the model's own angular speeds
-                    positions=np.arange(T),
-                    cos=_np(cos[0]),
-                    sin=_np(sin[0]),
-                )
-            residual = torch.stack([got["block_in"][0][0]] + [_first(o)[0] for o in got["block_out"]])
     finally:
         for h in handles:
             h.remove()
+
+    with torch.inference_mode():
+        logits = out.logits[0]  # [T, V]
+        # log p = logit − logsumexp(row): only the entries kept are normalised, and the row sums go a
+        # few rows at a time so that their exp() temporaries never make a second [T, V] array.
+        lse = torch.cat([torch.logsumexp(rows, dim=-1, keepdim=True) for rows in logits.split(64)])  # [T, 1]
+        top_logits, top_ids = logits.topk(config.top_k, dim=-1)
+        top_lp = top_logits - lse
+        target_lp = logits[:-1].gather(1, torch.as_tensor(ids[1:])[:, None])[:, 0] - lse[:-1, 0]
+        last_probs = torch.softmax(logits[-1].double(), dim=-1).float()
+
+    rotary = q_pre = k_pre = None
+    if not learned:
+
+        def heads(x, n):  # [1, T, n·dh] -> [n, T, dh], a view
+            return _np(x[0].view(T, n, info.d_head).transpose(0, 1))
+
+        split = [family.split_qkv(outs, info.n_head, info.n_kv_head, info.d_head) for outs in got["qkv"]]
+        q_pre = tuple(heads(qi, info.n_head) for qi, _, _ in split)
+        k_pre = tuple(heads(ki, info.n_kv_head) for _, ki, _ in split)
+        cos, sin = got["rope"][0]
+        rotary = RotaryInfo(
+            theta=rope_theta(model.config),
+            d_head=cos.shape[-1],  # the rotated width: d_head, or less for partial rotary
+            inv_freq=_np(parts.rotary_embedding.inv_freq),  # the model's own angular speeds
+            positions=np.arange(T),
+            cos=_np(cos[0]),
+            sin=_np(sin[0]),
+        )
 
     return Trace(
         text=traced_text,
@@ -291,16 +341,16 @@ def run_trace(loaded: LoadedModel, text: str, config: TraceConfig | None = None)
         position_vectors=_np(got["pos"][0][0]) if learned else None,
         rotary=rotary,
         block_input=_np(got["block_in"][0][0]),
-        q=_np(q),
-        k=_np(k),
-        v=_np(v),
-        q_pre_rotary=None if q_pre is None else _np(q_pre),
-        k_pre_rotary=None if k_pre is None else _np(k_pre),
+        q_layers=tuple(_np(q) for q in got["q"]),
+        k_layers=tuple(_np(k) for k in got["k"]),
+        v_layers=tuple(_np(v) for v in got["v"]),
+        q_pre_rotary_layers=q_pre,
+        k_pre_rotary_layers=k_pre,
         attention_layers=tuple(_np(w[0]) for w in got["w"]),
         head_output_layers=tuple(_np(h[0]).reshape(T, info.n_head, info.d_head) for h in got["heads"]),
         attn_out_layers=tuple(_np(a[0]) for a in got["attn"]),
         mlp_out_layers=tuple(_np(m[0]) for m in got["mlp"]),
-        residual=_np(residual),
+        residual_layers=(_np(got["block_in"][0][0]),) + tuple(_np(_first(o)[0]) for o in got["block_out"]),
         scaling=float(parts.attention(0).scaling),
         top_ids=_frozen(top_ids.numpy()),
         top_probs=_np(top_lp.exp()),

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from core.errors import InputError, UnsupportedModelError
+from core.model.capture import RECORDING
 from core.training.parts import layer_groups
 
 
@@ -138,9 +139,11 @@ def compare_next_token(
 
 @contextmanager
 def _eager_attention(model: Any):
-    """Run with eager attention (fused kernels return no weights), restoring the previous choice."""
+    """Run with eager attention (fused kernels return no weights), restoring the previous choice. The
+    trace's recording implementation (core.model.capture) is eager attention already: left alone, so a
+    trace running in another thread keeps recording and finds its own implementation to restore."""
     previous = getattr(model.config, "_attn_implementation", None)
-    if previous == "eager":
+    if previous in ("eager", RECORDING):
         yield
         return
     model.set_attn_implementation("eager")
