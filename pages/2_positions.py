@@ -196,8 +196,8 @@ else:
         format_func=lambda i: f"{i}: {labels[i]}",
         **state.persist("rope_tok", T - 1, allowed=range(T)),
     )
-    q = trace.q_pre_rotary[layer, head, tok]
-    k = trace.k_pre_rotary[layer, trace.kv_head_of(head), 0]
+    q = trace.q_pre_rotary_layers[layer][head, tok]
+    k = trace.k_pre_rotary_layers[layer][trace.kv_head_of(head), 0]
     half = rot.d_head // 2
     circle = pd.DataFrame(
         [

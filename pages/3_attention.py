@@ -189,10 +189,10 @@ downloads(
 # ---------------------------------------------------------------- family details
 if trace.rotary is not None:
     st.subheader("Rotary positions and shared keys")
-    before = trace.q_pre_rotary[layer, head, position]
-    after = trace.q[layer, head, position]
-    k_before = trace.k_pre_rotary[layer, s.kv_head, position]
-    k_after = trace.k[layer, s.kv_head, position]
+    before = trace.q_pre_rotary_layers[layer][head, position]
+    after = trace.q_layers[layer][head, position]
+    k_before = trace.k_pre_rotary_layers[layer][s.kv_head, position]
+    k_after = trace.k_layers[layer][s.kv_head, position]
     show_chart(
         charts.heatmap(
             np.stack([before, after, k_before, k_after]),

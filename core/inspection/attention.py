@@ -65,9 +65,9 @@ def head_steps(trace: Trace, layer: int, head: int, position: int) -> HeadSteps:
     _check_index("Head", head, trace.n_head)
     _check_index("Token", position, trace.n_tokens)
     kv = trace.kv_head_of(head)
-    q = trace.q[layer, head, position].astype(np.float64)
-    keys = trace.k[layer, kv].astype(np.float64)
-    values = trace.v[layer, kv].astype(np.float64)
+    q = trace.q_layers[layer][head, position].astype(np.float64)
+    keys = trace.k_layers[layer][kv].astype(np.float64)
+    values = trace.v_layers[layer][kv].astype(np.float64)
     raw = keys @ q
     scale = trace.scaling
     scaled = raw * scale
@@ -102,13 +102,15 @@ def all_heads_check(trace: Trace) -> CheckResult:
 
 def _layer_head_checks(trace: Trace) -> list[CheckResult]:
     group = trace.n_head // trace.n_kv_head
-    T, dh = trace.n_tokens, trace.q.shape[-1]
+    T, dh = trace.n_tokens, trace.q_layers[0].shape[-1]
     mask = np.triu(np.full((T, T), -np.inf), k=1)
     checks = []
     for layer in range(trace.n_layer):  # one layer at a time keeps memory at H·T² floats
-        k = np.repeat(trace.k[layer], group, axis=0).astype(np.float64)
-        v = np.repeat(trace.v[layer], group, axis=0).astype(np.float64)
-        scaled_scores = trace.q[layer].astype(np.float64) @ k.transpose(0, 2, 1) * trace.scaling  # [H, T, T]
+        k = np.repeat(trace.k_layers[layer], group, axis=0).astype(np.float64)
+        v = np.repeat(trace.v_layers[layer], group, axis=0).astype(np.float64)
+        scaled_scores = (
+            trace.q_layers[layer].astype(np.float64) @ k.transpose(0, 2, 1) * trace.scaling
+        )  # [H, T, T]
         scores = scaled_scores + mask
         scores -= scores.max(-1, keepdims=True)
         weights = np.exp(scores)

@@ -99,14 +99,14 @@ def attention_stop(trace: Trace, position: int, layer: int, head: int, k: int = 
     weights = trace.attention_layers[layer][head, position]  # [T]; the model's own row
     order = np.argsort(-weights[: position + 1], kind="stable")[:k]
     rotary = None
-    if trace.rotary is not None and trace.q_pre_rotary is not None:
+    if trace.rotary is not None and trace.q_pre_rotary_layers is not None:
         rotary = rotary_token_check(trace, position, layer, head)
     return AttentionStop(
         layer=layer,
         head=head,
-        q=trace.q[layer, head, position],
-        k=trace.k[layer, kv, position],
-        v=trace.v[layer, kv, position],
+        q=trace.q_layers[layer][head, position],
+        k=trace.k_layers[layer][kv, position],
+        v=trace.v_layers[layer][kv, position],
         top=tuple(Attended(int(j), trace.pieces[j], float(weights[j])) for j in order),
         steps=steps,
         rotary_check=rotary,
@@ -120,14 +120,14 @@ def rotary_token_check(trace: Trace, position: int, layer: int, head: int) -> Ch
     Rounding as in `core.inspection.positions.rotary_check`: the model's float32 angle t·θ_i is off by up
     to t·θ_i·eps, so the reference is max|q| · (1 + the largest angle), over 2 rounded terms.
     """
-    if trace.rotary is None or trace.q_pre_rotary is None:
+    if trace.rotary is None or trace.q_pre_rotary_layers is None:
         raise InputError("This trace has no rotary positions (its model adds a position vector instead).")
     inv_freq = trace.rotary.inv_freq
     half = len(inv_freq)
-    q_pre = trace.q_pre_rotary[layer, head, position].astype(np.float64)
+    q_pre = trace.q_pre_rotary_layers[layer][head, position].astype(np.float64)
     ours = np.concatenate([rotate(q_pre[: 2 * half], position, inv_freq), q_pre[2 * half :]])
     reference = np.abs(q_pre).max() * (1.0 + position * float(np.max(inv_freq)))
-    return check_close(ours, trace.q[layer, head, position], reduction_length=2, reference=reference)
+    return check_close(ours, trace.q_layers[layer][head, position], reduction_length=2, reference=reference)
 
 
 @dataclass(frozen=True)
