@@ -19,7 +19,11 @@ st.markdown(
 render_sidebar()
 loaded = state.require_model()
 
-tabs = st.tabs(["Steer", "Positions", "Embedding arithmetic", "Ablate heads", "Patch activations"])
+tabs = st.tabs(
+    ["Steer", "Positions", "Embedding arithmetic", "Ablate heads", "Patch activations"],
+    key="whatif_tab",  # tracked, so a rerun from a widget inside a tab stays on that tab
+    on_change="rerun",
+)
 for tab, section in zip(tabs, (steering, positions, arithmetic, ablation, patching), strict=True):
     with tab:
         section.render(loaded)

@@ -295,3 +295,68 @@ def test_a_station_opened_while_the_model_loads_waits_then_draws(browser, tmp_pa
         pg.close()
     finally:
         srv.stop()
+
+
+def open_station(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
+    wait_idle(page)
+
+
+def shown_checks(page) -> dict[str, str]:
+    """Every check metric on the page: its label -> its verdict ("exact", "within rounding …", "FAILED …")."""
+    checks = {}
+    for metric in page.locator('[data-testid="stMetric"]').all():
+        label = metric.locator('[data-testid="stMetricLabel"]').inner_text().strip()
+        if label.startswith(("Check", "Identity check")):
+            checks[label] = metric.locator('[data-testid="stMetricDelta"]').inner_text().strip()
+    return checks
+
+
+def passed(verdict: str) -> bool:
+    return verdict.startswith(("exact", "within rounding"))
+
+
+def test_what_if_ablation_runs_end_to_end(server, page):
+    """Pick a head in the What if? station's ablation tab: both runs side by side, the identity check
+    passed, and the head sweep drawn."""
+    page.goto(server.url)
+    wait_idle(page)
+    open_station(page, "What if? Experiments")
+    page.get_by_role("tab", name="Ablate heads").click()
+    panel = page.get_by_role("tabpanel", name="Ablate heads")
+    panel.locator('[data-testid="stMultiSelect"]').click()
+    page.get_by_role("option", name="L1H0").click()
+    page.keyboard.press("Escape")
+    wait_idle(page)
+    panel.get_by_text("Changed: zero-ablate L1H0").wait_for()
+    panel.get_by_text("Original", exact=True).wait_for()
+    kl = panel.locator('[data-testid="stMetric"]', has_text="KL(original ‖ changed)")
+    assert kl.locator('[data-testid="stMetricValue"]').inner_text().strip() != "0 nats"
+    assert passed(shown_checks(panel)["Identity check: ablate no heads"])
+    panel.get_by_role("button", name="Rank every head").click()
+    wait_idle(page)
+    assert panel.locator(".vega-embed").count() >= 2  # the comparison chart and the sweep heatmap
+    assert panel.get_by_text("Stopped after").count() == 0
+    assert_no_exception(page, "what-if-ablation")
+
+
+def test_journey_draws_every_step_with_its_checks_and_links_on(server, page):
+    """Pick a token in "One token's journey": every step is drawn, every check passes, and a step's
+    link opens the station that explains it."""
+    page.goto(server.url)
+    wait_idle(page)
+    open_station(page, "One token's journey")
+    page.get_by_role("combobox", name="Follow the token").click()
+    page.get_by_role("option", name="1: ").first.click()
+    wait_idle(page)
+    position = page.locator('[data-testid="stMetric"]', has_text="Position t")
+    assert position.locator('[data-testid="stMetricValue"]').inner_text().startswith("1 of ")
+    for step in range(1, 9):
+        page.get_by_role("heading", name=f"{step} ·").first.wait_for()
+    checks = shown_checks(page)
+    assert len(checks) >= 5 and all(passed(v) for v in checks.values()), checks
+    assert_no_exception(page, "journey")
+    page.get_by_role("link", name="Explained in station 3: Self-attention").click()
+    wait_idle(page)
+    page.get_by_role("heading", name="3 · Self-attention").first.wait_for()
+    assert_no_exception(page, "journey-link")

@@ -12,10 +12,10 @@ import torch
 from test_families import BUILDERS
 from test_pages import app_test, assert_clean, check_shown_passed
 
-from core.errors import InputError
+from core.errors import InputError, SettingsError
 from core.experiments.ablation import MEAN, ZERO, ablation, ablation_sweep, head_means
 from core.experiments.compare import PRE, Intervention, applied, captured, compare
-from core.experiments.patching import SITES, patch, patch_from, patch_sweep, prepare
+from core.experiments.patching import SITES, PatchSweep, patch, patch_from, patch_sweep, prepare
 from core.model.families import HOOK_ATTN, HOOK_HEADS, model_parts
 from core.model.loading import gpt2_tokenizer, wrap
 from core.tolerance import check_close, check_within, float32_tolerance, log_softmax_tolerance
@@ -291,3 +291,156 @@ def test_patching_tab_compares_checks_identity_and_sweeps(tiny_gpt2_dir):
         "The clean prompt is 7 tokens long and the corrupted one 3: patching copies position by position, "
         "so both need the same number of tokens."
     ]
+
+
+# ---------------------------------------------------------------- stopped sweeps, continued
+
+
+def _stopper(after: int):
+    """on_progress / should_stop pair that stops a sweep once `after` runs are done."""
+    stop = threading.Event()
+    return (lambda done, _total: done >= after and stop.set()), stop.is_set
+
+
+def _ablation_tolerance(loaded, mode) -> float:
+    """Rounding of KL and p(target) from float32 logits: |Δ log q| bounds both (Σ p = 1)."""
+    info = loaded.info
+    heads = [(i, h) for i in range(info.n_layer) for h in range(info.n_head)]
+    runs = [compare(loaded, TEXT, ablation(loaded, TEXT, [head], mode), n_continue=0) for head in heads]
+    return max(log_softmax_tolerance(r.changed.logits, info.d_model) for r in runs)
+
+
+@pytest.mark.parametrize("mode", [ZERO, MEAN])
+def test_a_stopped_ablation_sweep_continues_with_only_the_missing_heads(tiny_model, mode):
+    info = tiny_model.info
+    n = info.n_layer * info.n_head
+    on_progress, should_stop = _stopper(2)
+    stopped = ablation_sweep(
+        tiny_model, TEXT, mode, batch_size=1, on_progress=on_progress, should_stop=should_stop
+    )
+    assert not stopped.complete and stopped.n_done == 2 and np.isfinite(stopped.kl).sum() == 2
+    reported = []
+    resumed = ablation_sweep(
+        tiny_model, TEXT, mode, batch_size=1, on_progress=lambda d, t: reported.append((d, t)), resume=stopped
+    )
+    assert reported == [(done, n) for done in range(3, n + 1)]  # only the missing heads ran
+    finished = np.isfinite(stopped.kl)
+    assert np.array_equal(resumed.kl[finished], stopped.kl[finished])
+    assert np.array_equal(resumed.target_prob[finished], stopped.target_prob[finished])
+    whole = ablation_sweep(tiny_model, TEXT, mode)
+    assert resumed.complete and resumed.n_done == n and resumed.target_id == whole.target_id
+    tolerance = _ablation_tolerance(tiny_model, mode)
+    assert check_within(resumed.kl, whole.kl, tolerance).passed
+    assert check_within(resumed.target_prob, whole.target_prob, tolerance).passed
+
+
+def test_continuing_a_sweep_of_another_mode_is_refused(tiny_gpt2):
+    stopped = ablation_sweep(tiny_gpt2, TEXT, ZERO, batch_size=1, should_stop=lambda: True)
+    message = (
+        "The sweep to continue is a zero-ablation of 2 × 2 heads, not a mean-ablation of 2 × 2: "
+        "run it again from the start."
+    )
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        ablation_sweep(tiny_gpt2, TEXT, MEAN, resume=stopped)
+
+
+@pytest.mark.parametrize("site", ["resid_in", "mlp"])
+def test_a_stopped_patching_sweep_continues_with_only_the_missing_cells(tiny_model, site):
+    setup = prepare(tiny_model, CLEAN, CORRUPTED, site, **ANSWERS)
+    L, T = tiny_model.info.n_layer, len(setup.clean_ids)
+    on_progress, should_stop = _stopper(5)
+    stopped = patch_sweep(tiny_model, setup, batch_size=5, on_progress=on_progress, should_stop=should_stop)
+    assert not stopped.complete and stopped.n_done == 5
+    reported = []
+    resumed = patch_sweep(
+        tiny_model, setup, batch_size=5, on_progress=lambda d, t: reported.append(d), resume=stopped
+    )
+    assert reported[0] == 10 and reported[-1] == L * T and len(reported) == -(-(L * T - 5) // 5)
+    finished = np.isfinite(stopped.restored)
+    assert np.array_equal(resumed.restored[finished], stopped.restored[finished])
+    whole = patch_sweep(tiny_model, setup)
+    assert resumed.complete and resumed.n_done == L * T
+    logits = compare(tiny_model, CORRUPTED, Intervention("nothing"), n_continue=0).original.logits
+    tolerance = (
+        2 * float32_tolerance(logits, tiny_model.info.d_model) / abs(setup.clean_diff - setup.corrupted_diff)
+    )
+    assert check_within(resumed.restored, whole.restored, tolerance).passed
+
+
+def test_continuing_fills_missing_cells_wherever_they_are(tiny_gpt2):
+    setup = prepare(tiny_gpt2, CLEAN, CORRUPTED, **ANSWERS)
+    whole = patch_sweep(tiny_gpt2, setup, batch_size=3)
+    holes = whole.restored.copy()
+    holes[0, 1:3] = np.nan  # two runs of missing cells, neither at the end
+    holes[1, 5] = np.nan
+    partial = PatchSweep(setup, holes, complete=False, n_done=int(np.isfinite(holes).sum()))
+    reported = []
+    filled = patch_sweep(
+        tiny_gpt2, setup, batch_size=3, on_progress=lambda d, t: reported.append(d), resume=partial
+    )
+    n = holes.size
+    assert reported == [n - 1, n]  # one batch for cells (0, 1), (0, 2), one for (1, 5)
+    assert filled.complete and filled.n_done == n
+    logits = compare(tiny_gpt2, CORRUPTED, Intervention("nothing"), n_continue=0).original.logits
+    tolerance = (
+        2 * float32_tolerance(logits, tiny_gpt2.info.d_model) / abs(setup.clean_diff - setup.corrupted_diff)
+    )
+    assert check_within(filled.restored, whole.restored, tolerance).passed
+
+
+def test_continuing_a_patching_sweep_of_other_prompts_is_refused(tiny_gpt2):
+    stopped = patch_sweep(
+        tiny_gpt2, prepare(tiny_gpt2, CLEAN, CORRUPTED, **ANSWERS), should_stop=lambda: True
+    )
+    other = prepare(tiny_gpt2, CLEAN, "The dog sat on the mat and", **ANSWERS)
+    message = (
+        "The sweep to continue was run on other prompts, answers, site or model: run it again from the start."
+    )
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        patch_sweep(tiny_gpt2, other, resume=stopped)
+
+
+def test_cancelled_sweep_on_the_page_keeps_its_cells_and_continues(tiny_gpt2_dir, tiny_gpt2, monkeypatch):
+    """Cancel makes Streamlit raise StopException at the progress bar's next update: the page keeps the
+    finished heads, says how far it got, and Continue runs only the others."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    import core.experiments.ablation as core_ablation
+    import ui.experiments.common as common
+    from ui.experiments.ablation import SWEEP
+
+    monkeypatch.setattr(core_ablation, "rows_per_batch", lambda n_tokens: 1)  # one head per batch
+    shown = []
+    real_show = common.show_progress
+
+    def cancelled_after_two(bar, label, done, total):
+        shown.append(done)
+        if done == 2:
+            raise StopException()
+        real_show(bar, label, done, total)
+
+    monkeypatch.setattr(common, "show_progress", cancelled_after_two)
+    at = app_test(PAGE, str(tiny_gpt2_dir), text=TEXT).run()
+    at.button(key="abl_sweep_run").click().run()
+    assert not at.exception and shown == [1, 2]
+    stopped = at.session_state[SWEEP][1]
+    assert not stopped.complete and stopped.n_done == 2 and np.isfinite(stopped.kl).sum() == 2
+
+    at.run()  # the rerun Cancel asked for
+    assert_clean(at)
+    assert [w.value for w in at.warning if w.value.startswith("Stopped")] == [
+        "Stopped after 2 of 4 runs: the blank cells below were not run. Continue runs only those."
+    ]
+    assert any(str(df.value.columns[0]) == "head" and len(df.value) == 2 for df in at.dataframe)
+
+    shown.clear()
+    at.button(key="abl_sweep_run_continue").click().run()
+    assert_clean(at)
+    assert shown == [3, 4]
+    assert not [w for w in at.warning if w.value.startswith("Stopped")]
+    resumed = at.session_state[SWEEP][1]
+    finished = np.isfinite(stopped.kl)
+    assert resumed.complete and np.array_equal(resumed.kl[finished], stopped.kl[finished])
+    whole = ablation_sweep(tiny_gpt2, TEXT, ZERO)
+    assert check_within(resumed.kl, whole.kl, _ablation_tolerance(tiny_gpt2, ZERO)).passed
+    assert any(str(df.value.columns[0]) == "head" and len(df.value) == 4 for df in at.dataframe)

@@ -136,17 +136,32 @@ def ablation_sweep(
     batch_size: int | None = None,
     on_progress: Progress | None = None,
     should_stop: StopCheck | None = None,
+    resume: AblationSweep | None = None,
 ) -> AblationSweep:
     """Ablate each head alone, one head per batch row, and rank the heads by the KL their removal causes.
 
     `on_progress(done, total)` after each batch; `should_stop()` True ends the sweep after the batch in
-    flight and returns what was done (`complete` False, NaN elsewhere).
+    flight and returns what was done (`complete` False, NaN elsewhere). `resume`: a stopped sweep of the
+    same text and mode; its finished heads are kept and only the others run.
     """
     import torch
 
     _check(loaded, (), mode)
     info = loaded.info
     L, H = info.n_layer, info.n_head
+    if resume is not None:
+        if resume.mode != mode or resume.kl.shape != (L, H):
+            raise SettingsError(
+                f"The sweep to continue is a {resume.mode}-ablation of {resume.kl.shape[0]} × "
+                f"{resume.kl.shape[1]} heads, not a {mode}-ablation of {L} × {H}: "
+                "run it again from the start."
+            )
+        if target_id is not None and int(target_id) != resume.target_id:
+            raise SettingsError(
+                f"The sweep to continue follows token {resume.target_id}, not {int(target_id)}: "
+                "run it again from the start."
+            )
+        target_id = resume.target_id
     ids, _pieces = prompt_ids(loaded, text)
     device = next(loaded.model.parameters()).device
     with torch.inference_mode():
@@ -188,6 +203,7 @@ def ablation_sweep(
         batch_size=batch_size or rows_per_batch(len(ids)),
         on_progress=on_progress,
         should_stop=should_stop,
+        previous=None if resume is None else np.stack([resume.kl.ravel(), resume.target_prob.ravel()], 1),
     )
     return AblationSweep(
         mode=mode,

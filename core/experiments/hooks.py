@@ -164,11 +164,13 @@ def run_batched(
     batch_size: int,
     on_progress: Progress | None = None,
     should_stop: StopCheck | None = None,
+    previous: Any = None,
 ) -> SweepRun:
     """Run the prompt `ids` [T] once per row, `batch_size` rows per forward (row r of a batch is run
     `rows[r]`), each batch under `intervention_for(rows)`; `metric(last_logits [n, V])` -> [n, n_metrics].
 
-    Only the last position's logits are computed (`logits_to_keep=1`).
+    Only the last position's logits are computed (`logits_to_keep=1`). `previous` [n_rows, n_metrics]:
+    the values of a stopped run of the same sweep; its finished rows are kept and only its NaN rows run.
     """
     import numpy as np
     import torch
@@ -177,19 +179,38 @@ def run_batched(
         raise ValueError("batch_size must be at least 1.")
     device = next(loaded.model.parameters()).device
     prompt = torch.as_tensor(np.asarray(ids), device=device)[None]  # [1, T]
-    values = np.full((n_rows, n_metrics), np.nan)
-    done = 0
+    if previous is None:
+        values = np.full((n_rows, n_metrics), np.nan)
+    else:
+        values = np.array(previous, dtype=np.float64).reshape(n_rows, n_metrics)
+    done = int(np.isfinite(values).all(axis=1).sum())
     with torch.inference_mode():
-        for start in range(0, n_rows, batch_size):
+        for rows in _missing_batches(values, batch_size):
             if should_stop is not None and should_stop():
                 return SweepRun(values, False, done)
-            rows = range(start, min(n_rows, start + batch_size))
             with applied(loaded, intervention_for(rows)):
                 out = loaded.model(input_ids=prompt.expand(len(rows), -1), use_cache=False, logits_to_keep=1)
-            values[start : rows.stop] = np.asarray(
+            values[rows.start : rows.stop] = np.asarray(
                 metric(out.logits[:, -1].float()), dtype=np.float64
             ).reshape(len(rows), n_metrics)
-            done = rows.stop
+            done += len(rows)
             if on_progress is not None:
                 on_progress(done, n_rows)
     return SweepRun(values, True, done)
+
+
+def _missing_batches(values, batch_size: int) -> Iterator[range]:
+    """Consecutive rows of `values` [n_rows, n_metrics] with a NaN, `batch_size` at most per range."""
+    import numpy as np
+
+    missing = ~np.isfinite(values).all(axis=1)
+    row, n_rows = 0, len(values)
+    while row < n_rows:
+        if not missing[row]:
+            row += 1
+            continue
+        stop = row
+        while stop < n_rows and missing[stop] and stop - row < batch_size:
+            stop += 1
+        yield range(row, stop)
+        row = stop

@@ -198,15 +198,22 @@ def patch_sweep(
     batch_size: int | None = None,
     on_progress: Progress | None = None,
     should_stop: StopCheck | None = None,
+    resume: PatchSweep | None = None,
 ) -> PatchSweep:
     """Patch each (layer, position) alone into the corrupted run, one patch per batch row.
 
     `on_progress(done, total)` after each batch; `should_stop()` True ends the sweep after the batch
-    in flight and returns what was done (`complete` False, NaN elsewhere).
+    in flight and returns what was done (`complete` False, NaN elsewhere). `resume`: a stopped sweep of
+    the same setup; its finished cells are kept and only the others run.
     """
     import torch
 
     L, T = loaded.info.n_layer, len(setup.corrupted_ids)
+    if resume is not None and not _same_setup(resume.setup, setup, resume.restored.shape, (L, T)):
+        raise SettingsError(
+            "The sweep to continue was run on other prompts, answers, site or model: run it again from "
+            "the start."
+        )
     cells = [(i, p) for i in range(L) for p in range(T)]  # row r patches cells[r]
     device = next(loaded.model.parameters()).device
 
@@ -243,5 +250,16 @@ def patch_sweep(
         batch_size=batch_size or rows_per_batch(T),
         on_progress=on_progress,
         should_stop=should_stop,
+        previous=None if resume is None else resume.restored.reshape(-1, 1),
     )
     return PatchSweep(setup, run.values[:, 0].reshape(L, T), run.complete, run.n_done)
+
+
+def _same_setup(a: PatchSetup, b: PatchSetup, shape_a, shape_b) -> bool:
+    return a is b or (
+        shape_a == shape_b
+        and (a.site, a.clean_answer, a.corrupted_answer) == (b.site, b.clean_answer, b.corrupted_answer)
+        and np.array_equal(a.clean_ids, b.clean_ids)
+        and np.array_equal(a.corrupted_ids, b.corrupted_ids)
+        and (a.clean_diff, a.corrupted_diff) == (b.clean_diff, b.corrupted_diff)
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -11,7 +10,7 @@ from core.experiments.ablation import MEAN, MODES, ZERO, ablation, ablation_swee
 from core.experiments.compare import compare
 from core.views.experiment_charts import grid_heatmap
 from ui import state
-from ui.experiments.common import show_comparison, sweep_progress
+from ui.experiments.common import show_comparison, sweep_section
 from ui.widgets import check_metric, show_chart
 
 SWEEP = "vl_ablation_sweep"  # keep_result name of the last head sweep
@@ -82,15 +81,19 @@ def render(loaded) -> None:
         "one ablation per batch row."
     )
     sweep_key = (state.model_key(loaded), text, mode)
-    sweep = state.kept_result(SWEEP, sweep_key)
-    if st.button("Rank every head", key="abl_sweep_run", icon=":material/play_arrow:"):
-        try:
-            with sweep_progress("Ablating heads") as on_progress:
-                sweep = ablation_sweep(loaded, text, mode, on_progress=on_progress)
-        except VectorLabError as e:
-            st.error(str(e))
-            return
-        state.keep_result(SWEEP, sweep_key, sweep)
+    try:
+        sweep = sweep_section(
+            SWEEP,
+            sweep_key,
+            label="Ablating heads",
+            button="Rank every head",
+            button_key="abl_sweep_run",
+            n_runs=info.n_layer * info.n_head,
+            run=lambda **kw: ablation_sweep(loaded, text, mode, **kw),
+        )
+    except VectorLabError as e:
+        st.error(str(e))
+        return
     if sweep is None:
         return
     rows = [f"layer {i}" for i in range(info.n_layer)]
@@ -118,7 +121,8 @@ def render(loaded) -> None:
         ),
         hide_index=True,
     )
+    largest = f" Largest KL {top[0][1]:.4g} nats." if top else ""
     st.caption(
-        f"Target token id {sweep.target_id}: p = {sweep.original_target_prob:.4f} in the original run. "
-        f"Largest KL {np.nanmax(sweep.kl):.4g} nats."
+        f"Target token id {sweep.target_id}: p = {sweep.original_target_prob:.4f} in the original run."
+        + largest
     )

@@ -1,15 +1,20 @@
-"""Pieces every experiment tab draws: original vs changed side by side, and a sweep's progress bar."""
+"""Pieces every experiment tab draws: original vs changed side by side, and a sweep that can be cancelled
+and continued."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from typing import TypeVar
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from core.views.experiment_charts import comparison_chart
+from ui import state
 from ui.widgets import show_chart
+
+Sweep = TypeVar("Sweep")  # a core sweep result: `complete`, `n_done`
 
 
 def _side(container, title: str, side, target) -> None:
@@ -55,21 +60,66 @@ def show_comparison(comparison, name: str = "comparison") -> None:
     show_chart(comparison_chart(comparison), name)
 
 
-@contextmanager
-def sweep_progress(label: str) -> Iterator:
-    """A progress bar and a Cancel button while a sweep runs; yields the `on_progress(done, total)` callback.
+def sweep_section(
+    name: str,
+    key: tuple,
+    *,
+    label: str,
+    button: str,
+    button_key: str,
+    n_runs: int,
+    run: Callable[..., Sweep],
+) -> Sweep | None:
+    """The "run every cell" button of a sweep, and the sweep kept for `key` (complete or not) to draw.
 
-    Cancel reruns the page, which stops the sweep at its next progress report; nothing half-done is kept.
+    `run(on_progress=, should_stop=, resume=)` runs the sweep (`resume`: the stopped one to finish). A
+    sweep stopped part-way (Cancel, another widget changed, the tab closed) is kept with its finished
+    cells; the page then says how far it got and offers Continue, which runs only the missing cells.
     """
+    sweep = state.kept_result(name, key)
+    clicked = st.button(button, key=button_key, icon=":material/play_arrow:")
+    resume = None
+    notice = st.empty()
+    if sweep is not None and not sweep.complete:
+        with notice.container():
+            st.warning(
+                f"Stopped after {sweep.n_done} of {n_runs} runs: the blank cells below were not run. "
+                "Continue runs only those."
+            )
+            if st.button("Continue", key=f"{button_key}_continue", icon=":material/play_circle:"):
+                resume = None if clicked else sweep
+    if clicked or resume is not None:
+        sweep = _run(label, name, key, run, resume)
+        notice.empty()
+    return sweep
+
+
+def show_progress(bar, label: str, done: int, total: int) -> None:
+    """Move the sweep's progress bar: the point where Streamlit stops a run the user interrupted."""
+    bar.progress(done / total, text=f"{label}: {done} of {total} runs")
+
+
+def _run(label: str, name: str, key: tuple, run: Callable[..., Sweep], resume: Sweep | None) -> Sweep:
     box = st.empty()
     with box.container():
         bar = st.progress(0.0, text=f"{label}…")
         st.button("Cancel", key=f"cancel_{label}", icon=":material/stop:")
+    # Cancel (or any other widget, or closing the tab) asks Streamlit to stop this run; it raises
+    # its StopException / RerunException at the next element update, the progress bar's. That batch is
+    # kept: the sweep is told to stop, its finished cells are kept, and the request goes on its way.
+    interrupted: list[ScriptControlException] = []
 
     def on_progress(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"{label}: {done} of {total} runs")
+        if interrupted:
+            return
+        try:
+            show_progress(bar, label, done, total)
+        except ScriptControlException as request:
+            interrupted.append(request)
 
-    try:
-        yield on_progress
-    finally:
-        box.empty()
+    sweep = run(on_progress=on_progress, should_stop=lambda: bool(interrupted), resume=resume)
+    state.keep_result(name, key, sweep)
+    if interrupted:
+        raise interrupted[0]
+    box.empty()
+    return sweep

@@ -9,7 +9,7 @@ from core.experiments.compare import compare
 from core.experiments.patching import SITES, patch, patch_from, patch_sweep, prepare
 from core.views.experiment_charts import grid_heatmap
 from ui import state
-from ui.experiments.common import show_comparison, sweep_progress
+from ui.experiments.common import show_comparison, sweep_section
 from ui.widgets import check_metric, show_chart
 
 SWEEP = "vl_patching_sweep"  # keep_result name of the last patching sweep
@@ -115,15 +115,19 @@ def render(loaded) -> None:
         f"{info.n_layer} × {T} = {info.n_layer * T} patched runs, one patch per batch row. Where the answer "
         "lives shows as the cells that restore it."
     )
-    sweep = state.kept_result(SWEEP, setup_key)
-    if st.button("Patch every cell", key="patch_sweep_run", icon=":material/play_arrow:"):
-        try:
-            with sweep_progress("Patching") as on_progress:
-                sweep = patch_sweep(loaded, setup, on_progress=on_progress)
-        except VectorLabError as e:
-            st.error(str(e))
-            return
-        state.keep_result(SWEEP, setup_key, sweep)
+    try:
+        sweep = sweep_section(
+            SWEEP,
+            setup_key,
+            label="Patching",
+            button="Patch every cell",
+            button_key="patch_sweep_run",
+            n_runs=info.n_layer * T,
+            run=lambda **kw: patch_sweep(loaded, setup, **kw),
+        )
+    except VectorLabError as e:
+        st.error(str(e))
+        return
     if sweep is None:
         return
     show_chart(
