@@ -40,10 +40,13 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_trace.py
+	$(BIN)/python bench/bench_patching.py
 	$(BIN)/python bench/bench_startup.py
 	$(BIN)/python bench/bench_pages.py
+	$(BIN)/python bench/bench_sessions.py
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_search.py
+	$(BIN)/python bench/bench_scale.py
 	$(BIN)/python bench/bench_train.py --repeats 3
 	$(BIN)/python bench/bench_train_live.py --repeats 2
 

@@ -8,7 +8,8 @@ with Chroma's recall@10 measured against that exact answer.
 (b) uses seeded random unit 384-d vectors added with precomputed embeddings; queries are either
 near-duplicates of stored vectors (like a real question close to its passage) or uniform random
 directions (the hardest case for an approximate index: every vector is about equally far). Random
-384-d data has no cluster structure, so recall here is a floor, not what real embeddings get.
+384-d data has no cluster structure, so recall here is a floor, not what real embeddings get:
+bench/bench_scale.py measures recall on MiniLM vectors of real text.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.retrieval.documents import Document, content_hash, parse_file  # noqa: E402
 from core.retrieval.encoders import load_sentence_embedder  # noqa: E402
 from core.retrieval.index import DocumentIndex, IndexSettings  # noqa: E402
-from core.retrieval.store import close_client, make_client  # noqa: E402
+from core.retrieval.store import HnswSettings, close_client, make_client  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "corpus"
 DIM = 384
@@ -100,7 +102,7 @@ def fill(index: DocumentIndex, vectors: np.ndarray, batch: int) -> float:
 
 
 def bench_scale(
-    embedder, n: int, n_queries: int, k: int, ef_values: list[int], root: Path
+    embedder, n: int, n_queries: int, k: int, ef_values: list[int], root: Path, hnsw: HnswSettings
 ) -> list[dict[str, float]]:
     """Per ef_search value (one collection each: Chroma fixes it when the index is built and loaded):
     p50 latency of Chroma and of numpy brute force, and Chroma's recall@k against the exact answer."""
@@ -116,7 +118,7 @@ def bench_scale(
     try:
         batch = min(5000, client.get_max_batch_size())
         for ef in ef_values:
-            settings = IndexSettings(collection=f"bench-scale-ef{ef}", hnsw_ef_search=ef)
+            settings = IndexSettings(collection=f"bench-scale-ef{ef}", hnsw=replace(hnsw, ef_search=ef))
             index = DocumentIndex(client, embedder, settings)
             insert_per_s = fill(index, vectors, batch)
             for label, queries in query_sets.items():
@@ -166,13 +168,22 @@ def main() -> None:
         default=[100, 400],
         help="HNSW ef_search values (100 = Chroma default)",
     )
+    parser.add_argument(
+        "--graph",
+        default="default",
+        choices=["default", "chroma"],
+        help="M and ef_construction: Vector Lab's defaults (HnswSettings) or Chroma's own (16, 100)",
+    )
     args = parser.parse_args()
 
     embedder = load_sentence_embedder()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         a = bench_indexing(embedder, args.copies, root)
-        rows = bench_scale(embedder, args.n, args.queries, args.k, args.ef_search, root)
+        hnsw = (
+            HnswSettings() if args.graph == "default" else HnswSettings(max_neighbors=16, ef_construction=100)
+        )
+        rows = bench_scale(embedder, args.n, args.queries, args.k, args.ef_search, root, hnsw)
 
     print("\n(a) upload -> indexed, chunks per second")
     print("| chunks | DocumentIndex.add_documents | SentenceTransformer.encode | indexed / encode |")

@@ -1,5 +1,6 @@
 """Retrieval-augmented generation: a prompt that numbers the retrieved chunks as sources [1], [2], ...
-and a greedy answer from a Hugging Face causal LM that cites them."""
+and a greedy answer from a Hugging Face causal LM that cites them, decoded so that it does not loop
+(repetition penalty, no repeated n-gram) and ends with the answer (EOS / end of turn, blank line)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ class RagSettings:
 
     max_new_tokens: int = 128  # tokens generated after the prompt (greedy, no sampling)
     max_chars_per_source: int = 1200  # longer chunks are cut so the prompt fits a small model
+    repetition_penalty: float = 1.2  # logits of tokens the answer already used are divided by this (1 = off);
+    # small models otherwise loop on the manuals' wording
+    no_repeat_ngram_size: int = 4  # no run of this many tokens appears twice in the answer (0 = off)
+    stop_at_blank_line: bool = True  # an answer ends at its first blank line (small models ramble on)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 2048:
@@ -36,6 +41,74 @@ class RagSettings:
             raise SettingsError(
                 f"max_chars_per_source must be at least 50, got {self.max_chars_per_source}; try 1200."
             )
+        if not 1.0 <= self.repetition_penalty <= 3.0:
+            raise SettingsError(
+                f"repetition_penalty must be between 1 and 3, got {self.repetition_penalty}; "
+                "try 1.2 (1 = off)."
+            )
+        if self.no_repeat_ngram_size < 0 or self.no_repeat_ngram_size == 1:
+            raise SettingsError(
+                f"no_repeat_ngram_size must be 0 (off) or at least 2, got {self.no_repeat_ngram_size}; try 4."
+            )
+
+    def generation_kwargs(self, tokenizer: Any, model: Any, n_prompt: int) -> dict[str, Any]:
+        """The decoding settings `model.generate` is called with: greedy, the answer-only rules
+        (`AnswerOnlyRules`: the sources may be quoted, the answer may not repeat itself), and where to
+        stop."""
+        from transformers import LogitsProcessorList
+
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": False,
+            "logits_processor": LogitsProcessorList(
+                [AnswerOnlyRules(n_prompt, self.repetition_penalty, self.no_repeat_ngram_size)]
+            ),
+            "eos_token_id": end_token_ids(tokenizer, model),
+        }
+        if self.stop_at_blank_line:
+            kwargs.update(stop_strings=[BLANK_LINE], tokenizer=tokenizer)
+        return kwargs
+
+
+class AnswerOnlyRules:
+    """Repetition penalty and no-repeated-n-gram over the generated tokens only. Transformers' own
+    `repetition_penalty` / `no_repeat_ngram_size` also count the prompt, which for RAG forbids quoting
+    the sources (a file path of 4+ tokens could never be written out)."""
+
+    def __init__(self, n_prompt: int, penalty: float, ngram: int) -> None:
+        self.n_prompt, self.penalty, self.ngram = n_prompt, penalty, ngram
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:  # [B, T], [B, V] -> [B, V]
+        import torch
+
+        for row in range(input_ids.shape[0]):
+            answer = input_ids[row, self.n_prompt :].tolist()
+            if answer and self.penalty != 1.0:
+                seen = torch.tensor(sorted(set(answer)), device=scores.device)
+                s = scores[row, seen]
+                scores[row, seen] = torch.where(s < 0, s * self.penalty, s / self.penalty)
+            n = self.ngram
+            if n and len(answer) >= n - 1:
+                tail = answer[len(answer) - n + 1 :]
+                for start in range(len(answer) - n + 1):
+                    if answer[start : start + n - 1] == tail:
+                        scores[row, answer[start + n - 1]] = -float("inf")
+        return scores
+
+
+BLANK_LINE = "\n\n"
+
+
+def end_token_ids(tokenizer: Any, model: Any) -> list[int]:
+    """Tokens that end an answer: the tokenizer's EOS (for chat models, the template's end-of-turn,
+    e.g. SmolLM2's <|im_end|>) and any the model's generation config adds."""
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (tokenizer.eos_token_id, configured):
+        for token in value if isinstance(value, list) else [value]:
+            if token is not None and int(token) not in ids:
+                ids.append(int(token))
+    return ids
 
 
 @dataclass(frozen=True)
@@ -64,6 +137,8 @@ class RagAnswer:
     cited: list[int]  # source numbers the answer mentions, e.g. [1, 3]; only ones that exist
     n_prompt_tokens: int
     used_chat_template: bool
+    stopped: str = ""  # why generation ended: "end of answer", "blank line" or "token limit"
+    n_new_tokens: int = 0
 
 
 def build_rag_prompt(question: str, hits: Sequence[Hit], settings: RagSettings | None = None) -> RagPrompt:
@@ -153,16 +228,24 @@ def answer_from_text(
         )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
+    ends = end_token_ids(tokenizer, model)
     with torch.no_grad():
         output = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=torch.ones_like(input_ids).to(device),
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=False,
             pad_token_id=pad_id,
+            **settings.generation_kwargs(tokenizer, model, n_prompt),
         )  # [1, T + new]
-    answer = tokenizer.decode(output[0, n_prompt:], skip_special_tokens=True).strip()
-    log.info("RAG answer: %d prompt tokens, %d new", n_prompt, output.shape[1] - n_prompt)
+    new = output[0, n_prompt:]
+    generated = tokenizer.decode(new, skip_special_tokens=True)
+    if new.numel() and int(new[-1]) in ends:
+        stopped = "end of answer"
+    elif settings.stop_at_blank_line and BLANK_LINE in generated:
+        stopped = "blank line"
+    else:
+        stopped = "token limit"
+    answer = generated.split(BLANK_LINE)[0].strip() if settings.stop_at_blank_line else generated.strip()
+    log.info("RAG answer: %d prompt tokens, %d new (%s)", n_prompt, new.numel(), stopped)
     return RagAnswer(
         answer=answer,
         prompt_text=text,
@@ -170,4 +253,6 @@ def answer_from_text(
         cited=cited_sources(answer, len(sources)),
         n_prompt_tokens=n_prompt,
         used_chat_template=prompt.used_chat_template,
+        stopped=stopped,
+        n_new_tokens=int(new.numel()),
     )

@@ -17,7 +17,7 @@ from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.config import Settings
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from core.errors import InputError
+from core.errors import InputError, SettingsError
 from core.paths import data_dir
 from core.retrieval.encoders import MINILM_NAME, Embedder, load_sentence_embedder
 
@@ -158,3 +158,76 @@ def close_client(client: Any) -> None:
     close = getattr(client, "close", None)
     if callable(close):
         close()
+
+
+# --- HNSW index settings --------------------------------------------------------------------------
+
+HNSW_LIMITS = {"max_neighbors": (4, 128), "ef_construction": (10, 2000), "ef_search": (10, 5000)}
+HNSW_FIXED = ("max_neighbors", "ef_construction")  # Chroma builds the graph with these: fixed at creation
+HNSW_CHANGEABLE = ("ef_search",)  # `collection.modify` changes it later; Chroma reads it when it loads
+# the graph, so a change shows once the store is opened again (app or `chroma run` restarted)
+CHROMA_HNSW_DEFAULTS = {"max_neighbors": 16, "ef_construction": 100, "ef_search": 100}
+
+
+@dataclass(frozen=True)
+class HnswSettings:
+    """How Chroma builds and searches a collection's HNSW graph. Defaults chosen by measurement
+    (bench/bench_scale.py: recall@10 against exact search on 100k MiniLM vectors of real text)."""
+
+    max_neighbors: int = 32  # M, links per node (Chroma: 16); more = better recall, more memory. Fixed
+    ef_construction: int = 200  # candidates kept while linking a new node (Chroma: 100). Fixed
+    ef_search: int = 200  # candidates kept per query (Chroma: 100); can be changed on an existing collection
+    # (shows once the store is opened again)
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in HNSW_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SettingsError(f"HNSW {name} must be a whole number, got {value!r}; try {low}-{high}.")
+            if not low <= value <= high:
+                raise SettingsError(
+                    f"HNSW {name} must be between {low} and {high}, got {value}; the default is "
+                    f"{getattr(HnswSettings, name)}."
+                )
+
+    def configuration(self, space: str = "cosine") -> dict[str, Any]:
+        """Chroma's `configuration=` for a new collection."""
+        return {
+            "hnsw": {
+                "space": space,
+                "max_neighbors": self.max_neighbors,
+                "ef_construction": self.ef_construction,
+                "ef_search": self.ef_search,
+            }
+        }
+
+
+def collection_hnsw(collection: Any) -> dict[str, int]:
+    """The HNSW settings a collection was built with, as Chroma reports them (its defaults where it
+    reports none). Not validated: a collection made elsewhere may use values beyond HNSW_LIMITS."""
+    hnsw = (collection.configuration or {}).get("hnsw") or {}
+    return {name: int(hnsw.get(name) or default) for name, default in CHROMA_HNSW_DEFAULTS.items()}
+
+
+def apply_hnsw(collection: Any, wanted: HnswSettings) -> list[str]:
+    """Bring an open collection to `wanted` where Chroma allows it (ef_search); returns one note per
+    setting that differs but is fixed at creation (the collection keeps its own value)."""
+    have = collection_hnsw(collection)
+    set_ef_search(collection, wanted.ef_search)
+    return [
+        f"{name} stays {have[name]} (asked for {getattr(wanted, name)}): it is fixed when the collection "
+        "is created; start a new collection to use another value."
+        for name in HNSW_FIXED
+        if have[name] != getattr(wanted, name)
+    ]
+
+
+def set_ef_search(collection: Any, ef_search: int) -> None:
+    """Change an existing collection's ef_search (the one HNSW setting Chroma lets change later).
+    Chroma reads it when it loads the collection's graph: a process that already searched this
+    collection keeps the old value until the store is opened again (measured with Chroma 1.5.9)."""
+    HnswSettings(ef_search=ef_search)  # validates it
+    before = collection_hnsw(collection)["ef_search"]
+    if before != ef_search:
+        collection.modify(configuration={"hnsw": {"ef_search": ef_search}})
+        log.info("ef_search of %s: %d -> %d", collection.name, before, ef_search)

@@ -9,7 +9,15 @@ import streamlit as st
 from core.errors import VectorLabError
 from core.retrieval.encoders import SentenceEmbedder
 from core.retrieval.index import DocumentIndex, IndexSettings
-from core.retrieval.store import StoreLocation
+from core.retrieval.store import (
+    HNSW_CHANGEABLE,
+    HNSW_FIXED,
+    HNSW_LIMITS,
+    HnswSettings,
+    StoreLocation,
+    collection_hnsw,
+    set_ef_search,
+)
 from ui import search_state
 from ui.search.common import ACTION_MESSAGE, SearchStore, count
 from ui.search_state import COLLECTION, DEFAULT_COLLECTION, QUERY
@@ -92,11 +100,79 @@ def _choose_collection() -> None:
     _use_collection(st.session_state["search_collection"])
 
 
-def _new_collection() -> None:
+def _new_collection(store: SearchStore) -> None:
+    """Create the named collection with the HNSW settings chosen below the name, and switch to it."""
     name = st.session_state["search_new_collection"].strip()
     st.session_state["search_new_collection"] = ""
-    if name:
-        _use_collection(name)
+    if not name:
+        return
+    try:
+        hnsw = HnswSettings(**{field: int(st.session_state[f"search_hnsw_{field}"]) for field in HNSW_LIMITS})
+        index = DocumentIndex(store.client, store.embedder, IndexSettings(collection=name, hnsw=hnsw))
+    except VectorLabError as e:
+        st.session_state[ACTION_MESSAGE] = ("error", str(e))
+        return
+    _use_collection(name)
+    if index.hnsw_notes:
+        st.session_state[ACTION_MESSAGE] = (
+            "warning",
+            f"'{name}' already existed; ef_search is now {hnsw.ef_search}, but " + " ".join(index.hnsw_notes),
+        )
+
+
+def _change_ef_search(store: SearchStore) -> None:
+    ef_search = int(st.session_state["search_hnsw_ef_live"])
+    try:
+        set_ef_search(store.index.collection, ef_search)
+    except VectorLabError as e:
+        st.session_state[ACTION_MESSAGE] = ("error", str(e))
+        return
+    st.session_state[ACTION_MESSAGE] = (
+        "success",
+        f"ef_search of '{store.index.name}' is now {ef_search}. Chroma reads it when it opens the "
+        "collection's index: searches use it after the app (or the Chroma server) is restarted.",
+    )
+
+
+def hnsw_panel(store: SearchStore) -> None:
+    """The open collection's HNSW settings (ef_search changeable) and those for new collections."""
+    have = collection_hnsw(store.index.collection)
+    defaults = HnswSettings()
+    st.markdown(f"**Index settings of '{store.index.name}'** (HNSW graph)")
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "setting": list(have),
+                "value": list(have.values()),
+                "new collections get": [getattr(defaults, name) for name in have],
+                "changeable": [
+                    "yes (after a restart)" if name in HNSW_CHANGEABLE else "no: fixed at creation"
+                    for name in have
+                ],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    low, high = HNSW_LIMITS["ef_search"]
+    c1, c2 = st.columns([2, 1])
+    c1.number_input(
+        "ef_search for this collection",
+        low,
+        high,
+        value=min(max(have["ef_search"], low), high),
+        step=10,
+        key="search_hnsw_ef_live",
+        help="Candidates kept per query: more finds the exact nearest chunks more often, at more time.",
+    )
+    c2.button("Apply", key="search_hnsw_apply", on_click=_change_ef_search, args=(store,))
+    st.caption(
+        "max_neighbors (M) and ef_construction shape the graph when chunks are added, so Chroma fixes them "
+        "when the collection is created: to change them, start a new collection and index the documents "
+        "again. ef_search can be changed here; Chroma reads it when it opens the index, so it takes effect "
+        "after a restart of the app (or of the Chroma server). The defaults were chosen "
+        "by measurement (bench/bench_scale.py): recall@10 against exact search on 100,000 MiniLM vectors."
+    )
 
 
 def _delete_collection(index: DocumentIndex, name: str) -> None:
@@ -129,9 +205,23 @@ def collections_panel(store: SearchStore) -> None:
         "Start a new collection",
         key="search_new_collection",
         on_change=_new_collection,
+        args=(store,),
         placeholder="e.g. my-notes, then press Enter",
         help="3-512 letters, digits, '.', '_' or '-'. Chunks are only comparable within one collection.",
     )
+    defaults = HnswSettings()
+    fixed = " and ".join(HNSW_FIXED)
+    columns = st.columns(len(HNSW_LIMITS))
+    for column, (field, (low, high)) in zip(columns, HNSW_LIMITS.items(), strict=True):
+        column.number_input(
+            f"{field}" + (" (fixed at creation)" if field in HNSW_FIXED else ""),
+            low,
+            high,
+            value=getattr(defaults, field),
+            key=f"search_hnsw_{field}",
+            help=f"Used when the collection above is created; {fixed} cannot be changed afterwards.",
+        )
+    hnsw_panel(store)
     if not collections:
         return
     c1, c2 = st.columns([2, 1])
