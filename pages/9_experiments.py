@@ -19,11 +19,15 @@ st.markdown(
 render_sidebar()
 loaded = state.require_model()
 
+TAB = "whatif_tab"  # st.tabs key: the open tab's label in session state
 tabs = st.tabs(
     ["Steer", "Positions", "Embedding arithmetic", "Ablate heads", "Patch activations"],
-    key="whatif_tab",  # tracked, so a rerun from a widget inside a tab stays on that tab
-    on_change="rerun",
+    key=TAB,  # tracked, so a rerun from a widget inside a tab stays on that tab
+    on_change="rerun",  # opening a tab reruns the page, which then draws that tab
 )
+# Each tab runs its experiments on the model: only the open one is drawn, the others stay empty until
+# they are opened.
 for tab, section in zip(tabs, (steering, positions, arithmetic, ablation, patching), strict=True):
-    with tab:
-        section.render(loaded)
+    if tab.open:
+        with tab:
+            section.render(loaded)

@@ -1,5 +1,6 @@
 """The "What if?" experiments: hooks at named points, identity checks for every family, head ablation,
-activation patching (batched sweeps equal single runs), and the station's two tabs under AppTest."""
+activation patching (batched sweeps equal single runs), and the station's tabs under AppTest: only
+the open one runs, and the ablation and patching tabs work."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from test_families import BUILDERS
-from test_pages import app_test, assert_clean, check_shown_passed
+from test_pages import app_test, assert_clean, check_shown_passed, metrics
 
 from core.errors import InputError, SettingsError
 from core.experiments.ablation import MEAN, ZERO, ablation, ablation_sweep, head_means
@@ -20,6 +21,12 @@ from core.model.families import HOOK_ATTN, HOOK_HEADS, model_parts
 from core.model.loading import gpt2_tokenizer, wrap
 from core.tolerance import check_close, check_within, float32_tolerance, log_softmax_tolerance
 from core.views.experiment_charts import comparison_frame, grid_heatmap
+from ui import state
+from ui.experiments import ablation as ablation_tab
+from ui.experiments import arithmetic as arithmetic_tab
+from ui.experiments import patching as patching_tab
+from ui.experiments import positions as positions_tab
+from ui.experiments import steering as steer_tab
 
 TEXT = "The quick brown fox jumps over the lazy"
 CLEAN = "The cat sat on the mat and"
@@ -259,10 +266,67 @@ def test_grid_heatmap_keeps_every_cell_and_not_run_as_null():
 # ---------------------------------------------------------------- the page
 
 PAGE = "pages/9_experiments.py"
+TAB = "whatif_tab"  # the page's st.tabs key: the open tab's label
+TABS = ["Steer", "Positions", "Embedding arithmetic", "Ablate heads", "Patch activations"]
+# A widget of each tab, and the results each tab keeps in the session once it has run its experiment.
+TAB_WIDGETS = ["steer_alpha", "pos_exp_mode", "arith_a", "abl_heads", "patch_clean"]
+TAB_RESULTS = [
+    steer_tab.RESULT,
+    positions_tab.RESULT,
+    arithmetic_tab.RESULT,
+    ablation_tab.COMPARISON,
+    patching_tab.SETUP,
+]
+
+
+def open_tab(model_dir, label: str, text: str = TEXT):
+    """The page in a new session with the tab `label` open."""
+    at = app_test(PAGE, str(model_dir), text=text)
+    at.session_state[TAB] = label
+    return at.run()
+
+
+def widget_keys(node) -> set[str]:
+    """The keys of every widget drawn under `node`."""
+    keys = {node.key} if getattr(node, "key", None) else set()
+    for child in getattr(node, "children", {}).values():
+        keys |= widget_keys(child)
+    return keys
+
+
+def test_only_the_open_tab_runs_its_experiments(tiny_gpt2_dir):
+    """A first visit draws and runs the Steer tab alone; opening another tab draws and runs that one
+    instead, and the values set in a tab are still there when it is opened again."""
+    at = app_test(PAGE, str(tiny_gpt2_dir), text=TEXT)
+    # The patching tab's remembered inputs: prompts the random tiny model can be patched on.
+    for widget, value in [("patch_clean", CLEAN), ("patch_corrupted", CORRUPTED)]:
+        at.session_state[state.PERSIST_PREFIX + widget] = value
+    for widget, answer in [("patch_clean_id", "clean_answer"), ("patch_corrupt_id", "corrupted_answer")]:
+        at.session_state[state.PERSIST_PREFIX + widget] = str(ANSWERS[answer])
+    at.run()
+    assert_clean(at)
+    assert [t.label for t in at.tabs] == TABS and at.session_state[TAB] == "Steer"
+    for label, widget, result in zip(TABS, TAB_WIDGETS, TAB_RESULTS, strict=True):
+        if label != "Steer":
+            at.session_state[TAB] = label
+            at.run()
+            assert_clean(at)
+        drawn = widget_keys(at.main)
+        assert widget in drawn and not drawn & (set(TAB_WIDGETS) - {widget}), (label, drawn)
+        done = TAB_RESULTS[: TABS.index(label) + 1]  # the tabs opened so far, and no other
+        assert [r in at.session_state for r in TAB_RESULTS] == [r in done for r in TAB_RESULTS]
+        assert result in at.session_state
+        if label == "Steer":
+            at.slider(key="steer_alpha").set_value(0.0).run()
+    at.session_state[TAB] = "Steer"
+    at.run()
+    assert_clean(at)
+    assert at.slider(key="steer_alpha").value == 0.0
+    assert metrics(at)["max |Δlogit|"] == "0"
 
 
 def test_ablation_tab_compares_checks_identity_and_sweeps(tiny_gpt2_dir):
-    at = app_test(PAGE, str(tiny_gpt2_dir), text=TEXT).run()
+    at = open_tab(tiny_gpt2_dir, "Ablate heads")
     assert_clean(at)
     assert at.title[0].value.startswith("10 · ")
     at.multiselect(key="abl_heads").set_value(["L0H1", "L1H0"]).run()
@@ -275,7 +339,7 @@ def test_ablation_tab_compares_checks_identity_and_sweeps(tiny_gpt2_dir):
 
 
 def test_patching_tab_compares_checks_identity_and_sweeps(tiny_gpt2_dir):
-    at = app_test(PAGE, str(tiny_gpt2_dir), text=TEXT).run()
+    at = open_tab(tiny_gpt2_dir, "Patch activations")
     # The random tiny model's two runs share their top-1: the tab asks for answer tokens instead.
     assert [w.value for w in at.warning if "same token" in w.value]
     at.text_input(key="patch_clean").set_value(CLEAN)
@@ -420,7 +484,7 @@ def test_cancelled_sweep_on_the_page_keeps_its_cells_and_continues(tiny_gpt2_dir
         real_show(bar, label, done, total)
 
     monkeypatch.setattr(common, "show_progress", cancelled_after_two)
-    at = app_test(PAGE, str(tiny_gpt2_dir), text=TEXT).run()
+    at = open_tab(tiny_gpt2_dir, "Ablate heads")
     at.button(key="abl_sweep_run").click().run()
     assert not at.exception and shown == [1, 2]
     stopped = at.session_state[SWEEP][1]

@@ -1,6 +1,6 @@
 """More "What if?" experiments: steering vectors, positions removed or shuffled, and embedding arithmetic
 (token rows and MiniLM sentence vectors) — exact maths on every family, real behaviour on SmolLM2, and
-their three tabs under AppTest."""
+their three tabs under AppTest, each opened first."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from test_experiments import open_tab
 from test_families import BUILDERS
-from test_pages import app_test, assert_clean, check_shown_passed, metrics
+from test_pages import assert_clean, check_shown_passed, metrics
 from test_trace import assert_passes
 
 from core.errors import InputError, SettingsError
@@ -379,13 +380,11 @@ def test_smollm2_without_positions_predicts_otherwise_exactly_as_station_2_says(
     assert not moved.passed, moved
 
 
-# ---------------------------------------------------------------- the three tabs under AppTest
-
-PAGE = "pages/9_experiments.py"
+# ---------------------------------------------------------------- the three tabs under AppTest (each opened)
 
 
 def test_steer_tab_alpha_slider_and_identity(tiny_model_dir):
-    at = app_test(PAGE, tiny_model_dir, TEXT).run()
+    at = open_tab(tiny_model_dir, "Steer", TEXT)
     assert_clean(at)
     assert check_shown_passed(at, "Identity check: α = 0")
     assert check_shown_passed(at, "steered − original at blocks.1.out vs α·v")
@@ -399,7 +398,7 @@ def test_steer_tab_alpha_slider_and_identity(tiny_model_dir):
 
 
 def test_positions_tab_modes(tiny_model_dir):
-    at = app_test(PAGE, tiny_model_dir, TEXT).run()
+    at = open_tab(tiny_model_dir, "Positions", TEXT)
     assert_clean(at)
     assert check_shown_passed(at, "Identity check: the order as written, positions kept")
     assert check_shown_passed(at, "Block 0 at the last slot: shuffled vs original")
@@ -415,7 +414,7 @@ def test_positions_tab_modes(tiny_model_dir):
 
 
 def test_arithmetic_tab_tokens_and_bad_input(tiny_gpt2_dir):
-    at = app_test(PAGE, str(tiny_gpt2_dir), TEXT).run()
+    at = open_tab(tiny_gpt2_dir, "Embedding arithmetic", TEXT)
     assert_clean(at)
     assert check_shown_passed(at, "a − b + c here vs from the model's own embedding layer")
     at.text_input(key="arith_c").set_value("Vectorlabish").run()
@@ -426,7 +425,7 @@ def test_arithmetic_tab_tokens_and_bad_input(tiny_gpt2_dir):
 
 
 def test_arithmetic_tab_sentences(tiny_gpt2_dir):
-    at = app_test(PAGE, str(tiny_gpt2_dir), TEXT).run()
+    at = open_tab(tiny_gpt2_dir, "Embedding arithmetic", TEXT)
     at.radio(key="arith_space").set_value("sentence vectors (MiniLM)").run()
     assert_clean(at)
     verdicts = [m.value for m in (*at.success, *at.warning) if "c alone ranks it" in m.value]

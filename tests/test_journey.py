@@ -3,11 +3,13 @@ independent computation, on both tiny families; the page draws every step with i
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
 import pytest
 import torch
+from streamlit import dataframe_util
 
 from core.errors import InputError
 from core.inspection.journey import attention_stop, embedding_stop, final_stop, residual_stop
@@ -15,7 +17,7 @@ from core.inspection.layers import logit_lens
 from core.inspection.tokens import embedding_matrix
 from core.inspection.trace import run_trace
 from core.tolerance import check_close, float64_tolerance
-from core.views.journey_charts import residual_journey, vector_strips
+from core.views.journey_charts import STRIP_HEIGHT, residual_journey, vector_strips
 from tests.test_pages import app_test, assert_clean, check_shown_passed, metrics
 
 TEXT = "The cat sat on the mat because the cat was tired"
@@ -190,6 +192,25 @@ def test_journey_page_finds_the_texts_nearest_chunks(tiny_gpt2_dir, tmp_path, mo
     assert table["document"].iloc[0] == "tides.txt"  # the text was taken from it
     assert list(table["rank"]) == [1, 2, 3][: len(table)]
     assert check_shown_passed(at, "Check: Chroma's cosine − q·c computed here")
+
+
+def test_every_journey_chart_keeps_its_plot_height_in_the_browser(tiny_model_dir):
+    """A spec without an autosize of its own gets Streamlit's "fit": title, axes and legend squeezed into
+    `height` with the plot, which leaves a one-row strip 40 px high no plot at all. Every chart here
+    asks to have only its width fitted, so its `height` is the plot's own, as in the SVG/PNG download."""
+    at = app_test(PAGE, tiny_model_dir, TEXT).run()
+    assert_clean(at)
+    charts = at.get("vega_lite_chart")
+    specs = [json.loads(chart.proto.spec) for chart in charts]
+    # embedding, position or angles, q/k/v, where it looks, residual sizes and turns, final distribution
+    assert len(specs) == 7
+    assert [s["autosize"] for s in specs] == [{"type": "fit-x", "contains": "padding"}] * len(specs)
+    strips = [(c, s) for c, s in zip(charts, specs, strict=True) if s.get("mark", {}).get("type") == "rect"]
+    assert len(strips) == 3
+    for chart, spec in strips:
+        [data] = chart.proto.datasets
+        rows = dataframe_util.convert_arrow_bytes_to_pandas_df(data.data.data)["vector"].nunique()
+        assert spec["height"] >= STRIP_HEIGHT * rows
 
 
 @pytest.mark.slow

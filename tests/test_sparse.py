@@ -302,7 +302,7 @@ def test_search_page_picks_a_mode_and_shows_both_vectors_with_their_checks(tiny_
     from tests.test_pages_search import hit_headers, search, upload_and_index
 
     at = app_test(SEARCH_PAGE, str(tiny_gpt2_dir)).run()
-    assert at.radio(key="search_mode").value == "dense"  # the page default
+    assert at.radio(key="search_mode").value == "hybrid"  # the page default
     files = [(name.replace(".md", ".txt"), text.encode(), "text/plain") for name, text in DOCS.items()]
     upload_and_index(at, files)
     assert_clean(at)

@@ -10,6 +10,10 @@ import pandas as pd
 
 # Charts are built from at most this many cells; callers window larger matrices first.
 MAX_CELLS = 60_000
+# A chart's `height` is its plot area's: only the width is fitted to the container. Without an explicit
+# autosize Streamlit fits the whole chart (title, axes, legend) into `height`, which squashes a short
+# chart's plot to a few pixels or to nothing.
+PLOT_HEIGHT = alt.AutoSizeParams(type="fit-x", contains="padding")
 
 
 def _labels(labels: Sequence[str] | None, n: int) -> list[str]:
@@ -67,7 +71,7 @@ def heatmap(
             tooltip=[row_title, col_title, alt.Tooltip(f"{value_title}:Q", format=".4f")],
         )
     )
-    return chart.properties(width=width, height=height or max(120, min(22 * rows, 700)))
+    return chart.properties(width=width, height=height or max(120, min(22 * rows, 700)), autosize=PLOT_HEIGHT)
 
 
 def bars(
@@ -92,7 +96,7 @@ def bars(
             color=alt.condition("datum.kept", alt.value("#2563eb"), alt.value("#cbd5e1")),
             tooltip=[label_title, alt.Tooltip(f"{value_title}:Q", format=".4f"), "kept"],
         )
-        .properties(width="container", height=max(80, 24 * len(frame)))
+        .properties(width="container", height=max(80, 24 * len(frame)), autosize=PLOT_HEIGHT)
     )
 
 

@@ -8,7 +8,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.views.charts import heatmap
+from core.views.charts import PLOT_HEIGHT, heatmap
 
 STRIP_HEIGHT = 26  # pixels per vector row
 
@@ -77,7 +77,7 @@ def residual_journey(
         .encode(x=x, y=alt.Y("‖x‖:Q"), tooltip=["depth", alt.Tooltip("‖x‖:Q", format=".4f")])
     )
     sizes = (bars + line).properties(
-        width="container", height=260, title=title or "‖x‖ and each block's updates"
+        width="container", height=260, title=title or "‖x‖ and each block's updates", autosize=PLOT_HEIGHT
     )
     turns = (
         alt.Chart(pd.DataFrame({"depth": order[1:], "cosine": np.asarray(cos_prev, float)}))
@@ -87,6 +87,11 @@ def residual_journey(
             y=alt.Y("cosine:Q", title="cosine to the previous depth", scale=alt.Scale(zero=False)),
             tooltip=["depth", alt.Tooltip("cosine:Q", format=".4f")],
         )
-        .properties(width="container", height=160, title="How much each block turns it (1 = not at all)")
+        .properties(
+            width="container",
+            height=160,
+            title="How much each block turns it (1 = not at all)",
+            autosize=PLOT_HEIGHT,
+        )
     )
     return sizes, turns
