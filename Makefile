@@ -38,17 +38,24 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Each benchmark's printout is saved in bench/results/<name>.md (kept only when it finishes), then
+# bench/readme_tables.py copies those tables into README.md between <!-- bench:<name> --> markers.
+BENCH = $(BIN)/python bench/$(1).py $(2) > bench/results/$(1).md.tmp && mv bench/results/$(1).md.tmp bench/results/$(1).md && cat bench/results/$(1).md
+
 bench: $(STAMP)
-	$(BIN)/python bench/bench_trace.py
-	$(BIN)/python bench/bench_patching.py
-	$(BIN)/python bench/bench_startup.py
-	$(BIN)/python bench/bench_pages.py
-	$(BIN)/python bench/bench_sessions.py
-	$(BIN)/python bench/bench_generate.py
-	$(BIN)/python bench/bench_search.py
-	$(BIN)/python bench/bench_scale.py
-	$(BIN)/python bench/bench_train.py --repeats 3
-	$(BIN)/python bench/bench_train_live.py --repeats 2
+	mkdir -p bench/results
+	$(call BENCH,bench_trace)
+	$(call BENCH,bench_patching)
+	$(call BENCH,bench_startup)
+	$(call BENCH,bench_pages)
+	$(call BENCH,bench_sessions)
+	$(call BENCH,bench_generate)
+	$(call BENCH,bench_search)
+	$(call BENCH,bench_scale)
+	$(call BENCH,bench_retrieval)
+	$(call BENCH,bench_train,--repeats 3)
+	$(call BENCH,bench_train_live,--repeats 2)
+	$(BIN)/python bench/readme_tables.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from ui import state  # noqa: E402
 
-PAGE = ROOT / "pages" / "9_experiments.py"
+PAGE = ROOT / "pages" / "10_experiments.py"
 TAB_KEY = "whatif_tab"  # the page's st.tabs key
 TIMEOUT = 1800  # seconds: the page on a real model on a busy CPU
 

@@ -24,7 +24,7 @@ VECTORS_HEIGHT = 1400  # pixels of the page shown from that section's heading do
 
 
 def shot_name(station) -> str:
-    """'9_journey' for station 9 drawn by pages/10_journey.py: the README's number, the page's name."""
+    """'9_journey' for station 9 drawn by pages/9_journey.py: the README's number, the page's name."""
     return f"{station.number}_{Path(station.page).stem.split('_', 1)[1]}"
 
 

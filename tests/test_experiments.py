@@ -265,7 +265,7 @@ def test_grid_heatmap_keeps_every_cell_and_not_run_as_null():
 
 # ---------------------------------------------------------------- the page
 
-PAGE = "pages/9_experiments.py"
+PAGE = "pages/10_experiments.py"
 TAB = "whatif_tab"  # the page's st.tabs key: the open tab's label
 TABS = ["Steer", "Positions", "Embedding arithmetic", "Ablate heads", "Patch activations"]
 # A widget of each tab, and the results each tab keeps in the session once it has run its experiment.

@@ -21,7 +21,7 @@ from core.views.journey_charts import STRIP_HEIGHT, residual_journey, vector_str
 from tests.test_pages import app_test, assert_clean, check_shown_passed, metrics
 
 TEXT = "The cat sat on the mat because the cat was tired"
-PAGE = "pages/10_journey.py"
+PAGE = "pages/9_journey.py"
 
 
 @pytest.fixture

@@ -101,7 +101,7 @@ STATIONS = (
     Station(
         9,
         "One token's journey",
-        "pages/10_journey.py",
+        "pages/9_journey.py",
         ":material/route:",
         "Pick one token and follow it on one screen: its embedding row, its position, its query, key and "
         "value and the tokens it attends to, its vector after every block, what each depth would predict, "
@@ -112,7 +112,7 @@ STATIONS = (
     Station(
         10,
         "What if? Experiments",
-        "pages/9_experiments.py",
+        "pages/10_experiments.py",
         ":material/science:",
         "Change one vector inside the real model — remove attention heads, or copy an activation from "
         "one prompt into another — and watch the next-token distribution and the continuation move.",
