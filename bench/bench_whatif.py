@@ -47,13 +47,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--tabs", action="store_true", help="also time each tab opened on its own")
     args = parser.parse_args()
-    print(f"warm-up (model load, caches): {first_draw(args.model):.1f} s")
+    warm = first_draw(args.model)
     times = [first_draw(args.model) for _ in range(args.repeat)]
     each = ", ".join(f"{t:.1f}" for t in times)
-    print(f"first draw, new session: median {statistics.median(times):.1f} s  ({each})")
+    print(f"warm-up (model load, caches): {warm:.1f} s\n")
+    print("| What if? station, new session | seconds |")
+    print("|---|---:|")
+    median = statistics.median(times)
+    print(f"| first draw (the Steer tab), median of {args.repeat} | {median:.1f} ({each}) |")
     if args.tabs:
         for tab in ("Steer", "Positions", "Embedding arithmetic", "Ablate heads", "Patch activations"):
-            print(f"  opened on {tab!r}: {first_draw(args.model, tab):.1f} s")
+            print(f"| opened on {tab} | {first_draw(args.model, tab):.1f} |")
 
 
 if __name__ == "__main__":
