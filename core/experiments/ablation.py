@@ -15,7 +15,7 @@ import numpy as np
 
 from core.errors import InputError, SettingsError
 from core.experiments.compare import PRE, Hook, Intervention, captured, kl_nats, prompt_ids
-from core.experiments.hooks import Progress, StopCheck, rows_per_batch, run_batched
+from core.experiments.hooks import Progress, StopCheck, grid_rows_by_layer, rows_per_batch, run_batched
 from core.model.families import HOOK_HEADS
 from core.model.loading import LoadedModel
 
@@ -170,16 +170,12 @@ def ablation_sweep(
     log_p = torch.log_softmax(original, dim=-1)
     target = int(original.argmax()) if target_id is None else int(target_id)
     means = head_means(loaded, ids) if mode == MEAN else None
-    cells = [(i, h) for i in range(L) for h in range(H)]  # row r ablates cells[r]
 
-    def intervention_for(rows: range) -> Intervention:
+    def intervention_for(rows: range) -> Intervention:  # sweep row r ablates head r % H of layer r // H
         hooks = []
-        for layer in range(L):
-            picked = [(j, cells[r][1]) for j, r in enumerate(rows) if cells[r][0] == layer]
-            if not picked:
-                continue
-            batch_rows = torch.tensor([j for j, _ in picked], device=device)
-            heads = torch.tensor([h for _, h in picked], device=device)
+        for layer, (in_batch, picked_heads) in grid_rows_by_layer(rows, H).items():
+            batch_rows = torch.tensor(in_batch, device=device)
+            heads = torch.tensor(picked_heads, device=device)
             layer_means = None if means is None else means[layer, heads]
             hooks.append(
                 Hook(
@@ -196,7 +192,7 @@ def ablation_sweep(
     run = run_batched(
         loaded,
         ids,
-        len(cells),
+        L * H,
         intervention_for,
         metric,
         n_metrics=2,

@@ -153,6 +153,17 @@ def rows_per_batch(n_tokens: int, token_budget: int = 4096, most: int = 64) -> i
     return max(1, min(most, token_budget // max(1, n_tokens)))
 
 
+def grid_rows_by_layer(rows: range, width: int) -> dict[int, tuple[list[int], list[int]]]:
+    """The rows of one batch of a layer × `width` sweep (sweep row r is cell (r // width, r % width),
+    layer-major), grouped by layer: layer -> (their rows within the batch, their columns)."""
+    grouped: dict[int, tuple[list[int], list[int]]] = {}
+    for j, r in enumerate(rows):
+        batch_rows, columns = grouped.setdefault(r // width, ([], []))
+        batch_rows.append(j)
+        columns.append(r % width)
+    return grouped
+
+
 def run_batched(
     loaded: LoadedModel,
     ids,

@@ -16,7 +16,7 @@ import numpy as np
 
 from core.errors import InputError, SettingsError
 from core.experiments.compare import FORWARD, PRE, Hook, Intervention, captured, prompt_ids
-from core.experiments.hooks import Progress, StopCheck, rows_per_batch, run_batched
+from core.experiments.hooks import Progress, StopCheck, grid_rows_by_layer, rows_per_batch, run_batched
 from core.inspection.tokens import readable
 from core.model.families import HOOK_ATTN, HOOK_BLOCK_IN, HOOK_BLOCK_OUT, HOOK_MLP
 from core.model.loading import LoadedModel
@@ -214,17 +214,13 @@ def patch_sweep(
             "The sweep to continue was run on other prompts, answers, site or model: run it again from "
             "the start."
         )
-    cells = [(i, p) for i in range(L) for p in range(T)]  # row r patches cells[r]
     device = next(loaded.model.parameters()).device
 
-    def intervention_for(rows: range) -> Intervention:
+    def intervention_for(rows: range) -> Intervention:  # sweep row r patches position r % T of layer r // T
         hooks = []
-        for layer in range(L):
-            picked = [(j, cells[r][1]) for j, r in enumerate(rows) if cells[r][0] == layer]
-            if not picked:
-                continue
-            batch_rows = torch.tensor([j for j, _ in picked], device=device)
-            positions = torch.tensor([p for _, p in picked], device=device)
+        for layer, (in_batch, picked_positions) in grid_rows_by_layer(rows, T).items():
+            batch_rows = torch.tensor(in_batch, device=device)
+            positions = torch.tensor(picked_positions, device=device)
             source = setup.activations[layer][positions]  # [n, ...]
 
             def fn(x, batch_rows=batch_rows, positions=positions, source=source):
@@ -244,7 +240,7 @@ def patch_sweep(
     run = run_batched(
         loaded,
         setup.corrupted_ids,
-        len(cells),
+        L * T,
         intervention_for,
         metric,
         batch_size=batch_size or rows_per_batch(T),

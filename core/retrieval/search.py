@@ -56,39 +56,41 @@ class SearchResult:
     notes: tuple[str, ...] = field(default=())  # what the page should say (a keyword index rebuilt)
 
 
+def _hit(
+    rank: int, cid: str, text: str, meta: dict[str, Any], e: np.ndarray, q: np.ndarray, cosine: float
+) -> Hit:
+    """One stored chunk as a Hit: its metadata, and its vector `e` scored against the query `q`."""
+    return Hit(
+        rank=rank,
+        id=cid,
+        doc_name=meta["doc_name"],
+        doc_hash=meta["doc_hash"],
+        chunk_index=int(meta["chunk_index"]),
+        char_start=int(meta["char_start"]),
+        char_end=int(meta["char_end"]),
+        text=text,
+        cosine=cosine,
+        dot=float(e @ q),
+        l2=float(np.linalg.norm(e - q)),
+        **location_from_metadata(meta),
+    )
+
+
 def hits_from_query(got: dict[str, Any], q: np.ndarray) -> list[Hit]:
     """Hits from one Chroma query result (documents, metadatas, distances and embeddings included)
     for the query vector `q` [d], each chunk re-scored under dot product and L2."""
-    hits = []
-    for rank, (cid, text, meta, distance, emb) in enumerate(
-        zip(
-            got["ids"][0],
-            got["documents"][0],
-            got["metadatas"][0],
-            got["distances"][0],
-            got["embeddings"][0],
-            strict=True,
-        ),
-        start=1,
-    ):
-        e = np.asarray(emb, dtype=np.float64)
-        hits.append(
-            Hit(
-                rank=rank,
-                id=cid,
-                doc_name=meta["doc_name"],
-                doc_hash=meta["doc_hash"],
-                chunk_index=int(meta["chunk_index"]),
-                char_start=int(meta["char_start"]),
-                char_end=int(meta["char_end"]),
-                text=text,
-                cosine=1.0 - float(distance),
-                dot=float(e @ q),
-                l2=float(np.linalg.norm(e - q)),
-                **location_from_metadata(meta),
-            )
-        )
-    return hits
+    rows = zip(
+        got["ids"][0],
+        got["documents"][0],
+        got["metadatas"][0],
+        got["distances"][0],
+        got["embeddings"][0],
+        strict=True,
+    )
+    return [
+        _hit(rank, cid, text, meta, np.asarray(emb, dtype=np.float64), q, 1.0 - float(distance))
+        for rank, (cid, text, meta, distance, emb) in enumerate(rows, start=1)
+    ]
 
 
 def hits_from_get(got: dict[str, Any], q: np.ndarray) -> dict[str, Hit]:
@@ -100,22 +102,8 @@ def hits_from_get(got: dict[str, Any], q: np.ndarray) -> dict[str, Hit]:
         got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True
     ):
         e = np.asarray(emb, dtype=np.float64)
-        dot = float(e @ q)
         norms = float(np.linalg.norm(e)) * q_norm
-        hits[cid] = Hit(
-            rank=0,
-            id=cid,
-            doc_name=meta["doc_name"],
-            doc_hash=meta["doc_hash"],
-            chunk_index=int(meta["chunk_index"]),
-            char_start=int(meta["char_start"]),
-            char_end=int(meta["char_end"]),
-            text=text,
-            cosine=dot / norms if norms else 0.0,
-            dot=dot,
-            l2=float(np.linalg.norm(e - q)),
-            **location_from_metadata(meta),
-        )
+        hits[cid] = _hit(0, cid, text, meta, e, q, float(e @ q) / norms if norms else 0.0)
     return hits
 
 
