@@ -33,6 +33,12 @@ class ChunkSettings:
 SECTION_SEPARATOR = " › "
 
 
+def with_heading_path(heading_path: Sequence[str], text: str) -> str:
+    """A chunk's text as search reads it (embedded and keyword-indexed): its heading path, a blank line,
+    the text; the text alone outside any heading."""
+    return f"{SECTION_SEPARATOR.join(heading_path)}\n\n{text}" if heading_path else text
+
+
 def source_label(doc_name: str, heading_path: Sequence[str] = (), page: int = 0, last_page: int = 0) -> str:
     """ "document › section › subsection › p. 3": where a chunk comes from, as hits and citations show it."""
     parts = [doc_name, *heading_path]
@@ -64,7 +70,7 @@ class Chunk:
     @property
     def embedding_text(self) -> str:
         """What the encoder embeds: the heading path, a blank line, the chunk's text."""
-        return f"{self.section}\n\n{self.text}" if self.heading_path else self.text
+        return with_heading_path(self.heading_path, self.text)
 
     @property
     def source(self) -> str:

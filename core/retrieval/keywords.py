@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.retrieval.chunking import SECTION_SEPARATOR, location_from_metadata
+from core.retrieval.chunking import location_from_metadata, with_heading_path
 from core.retrieval.recovery import VISIBLE
 from core.retrieval.sparse import SparseIndex, fingerprint, load_cached, save_cached
 
@@ -18,8 +18,7 @@ log = logging.getLogger(__name__)
 def keyword_text(text: str, meta: dict[str, Any]) -> str:
     """What BM25 indexes for a stored chunk: its heading path and its text, as the dense encoder sees it
     (`Chunk.embedding_text`), so a question naming a section finds that section's chunks either way."""
-    path = location_from_metadata(meta).get("heading_path") or ()
-    return f"{SECTION_SEPARATOR.join(path)}\n\n{text}" if path else text
+    return with_heading_path(location_from_metadata(meta)["heading_path"], text)
 
 
 def sync_keywords(
