@@ -31,12 +31,13 @@ def search_index(
     vector = index.embedder.encode([query])[0]  # [d]
     depth = max(k, CANDIDATES)
     q = np.asarray(vector, dtype=np.float64)
-    scores = dict(zip(sparse.ids, sparse.scores(query).tolist(), strict=True))
+    bm25 = sparse.scores(query)  # [N], once: both the BM25 list and every hit's score come from it
+    scores = dict(zip(sparse.ids, bm25.tolist(), strict=True))
     hits = ranked_hits(
         mode,
         k,
         dense=index.search_vector(vector, depth),
-        sparse=sparse.top(query, depth),
+        sparse=sparse.ranked(bm25, depth),
         bm25_of=lambda cid: scores.get(cid, 0.0),
         fetch=lambda ids: hits_by_id(index, ids, q),
         rrf_k=rrf_k,

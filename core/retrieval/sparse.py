@@ -132,7 +132,10 @@ class SparseIndex:
     def top(self, query: str, n: int) -> list[tuple[str, float]]:
         """Up to `n` (chunk id, score) pairs, best first; chunks sharing no term with the query are
         left out. Ties keep the index's row order."""
-        scores = self.scores(query)
+        return self.ranked(self.scores(query), n)
+
+    def ranked(self, scores: np.ndarray, n: int) -> list[tuple[str, float]]:
+        """`top` from scores already computed by `scores` [N]."""
         order = np.argsort(-scores, kind="stable")
         return [(self.ids[i], float(scores[i])) for i in order[:n] if scores[i] > 0]
 
