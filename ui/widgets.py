@@ -10,6 +10,7 @@ import streamlit as st
 from core.inspection.tokens import readable
 from core.views.charts import to_png, to_svg
 from core.views.export import to_csv_bytes, to_npz_bytes
+from core.views.vega import to_vega_lite
 from ui.state import Between, persist
 
 MAX_WINDOW = 32  # tokens drawn at once in per-token charts
@@ -74,8 +75,12 @@ def token_picker(
 
 
 def show_chart(chart, name: str, container=st) -> None:
-    """Draw an Altair chart with SVG and PNG download buttons (rendered only when clicked)."""
-    container.altair_chart(chart, width="stretch")
+    """Draw an Altair chart with SVG and PNG download buttons (rendered only when clicked).
+
+    The chart goes out as its Vega-Lite spec, converted once per chart (`core.views.vega`): the
+    builders hand back the same chart for the same numbers, so a rerun re-sends it without building
+    or validating it again."""
+    container.vega_lite_chart(to_vega_lite(chart), width="stretch")
     left, right, _ = container.columns([1, 1, 6])
     left.download_button(
         "SVG",

@@ -8,6 +8,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from core.views.vega import memoized_chart
+
 # Charts are built from at most this many cells; callers window larger matrices first.
 MAX_CELLS = 60_000
 # A chart's `height` is its plot area's: only the width is fitted to the container. Without an explicit
@@ -27,6 +29,7 @@ def _labels(labels: Sequence[str] | None, n: int) -> list[str]:
     return [f"{i}:{label}" for i, label in enumerate(labels)]
 
 
+@memoized_chart
 def heatmap(
     matrix: np.ndarray,
     row_labels: Sequence[str] | None = None,
@@ -74,6 +77,7 @@ def heatmap(
     return chart.properties(width=width, height=height or max(120, min(22 * rows, 700)), autosize=PLOT_HEIGHT)
 
 
+@memoized_chart
 def bars(
     labels: Sequence[str],
     values: Sequence[float],
@@ -100,6 +104,7 @@ def bars(
     )
 
 
+@memoized_chart
 def token_map(points: pd.DataFrame, title: str = "") -> alt.Chart:
     """Labelled scatter of a frame with columns x, y, text, kind, anchor (`inspection.tokens.MapPoint`)."""
     base = alt.Chart(points, title=title).encode(
@@ -126,6 +131,7 @@ def token_map(points: pd.DataFrame, title: str = "") -> alt.Chart:
     return (dots + labels + bold).properties(width="container", height=420).interactive()
 
 
+@memoized_chart
 def lines(
     frame: pd.DataFrame,
     x: str,
@@ -149,6 +155,7 @@ def lines(
     )
 
 
+@memoized_chart
 def path_2d(frame: pd.DataFrame, title: str = "") -> alt.Chart:
     """Points (x, y) joined in `position` order, labelled by position: a vector turning on a circle."""
     base = alt.Chart(frame, title=title).encode(

@@ -12,6 +12,7 @@ import pandas as pd
 
 from core.errors import InputError
 from core.retrieval.embeddings import PairScore
+from core.views.vega import memoized_chart
 
 
 def _short(text: str, width: int = 40) -> str:
@@ -19,6 +20,7 @@ def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+@memoized_chart
 def similarity_heatmap(
     matrix: np.ndarray, labels: Sequence[str], title: str = "Cosine similarity"
 ) -> alt.Chart:
@@ -50,6 +52,7 @@ def similarity_heatmap(
     return (cells + text).properties(width=max(200, 40 * n), height=max(200, 40 * n))
 
 
+@memoized_chart
 def embedding_scatter(
     coords: np.ndarray,
     labels: Sequence[str],
@@ -87,6 +90,7 @@ def embedding_scatter(
     return (points + names).properties(height=420).interactive()
 
 
+@memoized_chart
 def pair_comparison_chart(
     scores: Sequence[PairScore], title: str = "The same pairs scored by each encoder"
 ) -> alt.Chart:

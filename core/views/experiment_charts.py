@@ -9,6 +9,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from core.views.vega import memoized_chart
+
 ORIGINAL = "original"
 CHANGED = "changed"
 RUN_COLOURS = {ORIGINAL: "#94a3b8", CHANGED: "#2563eb"}
@@ -38,6 +40,7 @@ def comparison_frame(comparison) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["token", "order", "run", "p"])
 
 
+@memoized_chart
 def comparison_chart(comparison, title: str = "Next-token probabilities") -> alt.Chart:
     """Grouped bars: each candidate token's probability in the original and the changed run."""
     frame = comparison_frame(comparison)
@@ -75,6 +78,7 @@ def grid_frame(values: np.ndarray, row_labels: Sequence[str], column_labels: Seq
     return pd.DataFrame(rows, columns=["row", "column", "value"])
 
 
+@memoized_chart
 def grid_heatmap(
     values: np.ndarray,
     row_labels: Sequence[str],

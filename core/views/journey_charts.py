@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 
 from core.views.charts import PLOT_HEIGHT, heatmap
+from core.views.vega import memoized_chart
 
 STRIP_HEIGHT = 26  # pixels per vector row
 
 
+@memoized_chart
 def vector_strips(vectors: dict[str, np.ndarray], title: str = "", value_title: str = "value") -> alt.Chart:
     """Vectors of the same width as one compact heatmap, one row each (name → [n])."""
     if not vectors:
@@ -34,6 +36,7 @@ def vector_strips(vectors: dict[str, np.ndarray], title: str = "", value_title: 
     )
 
 
+@memoized_chart
 def residual_journey(
     layer_names: Sequence[str],
     norms: np.ndarray,

@@ -13,6 +13,7 @@ from core.inspection.generation import GenerationResult, Surprisal
 from core.inspection.sampling import TokenChoice
 from core.inspection.tokens import readable
 from core.views.colours import probability_colour, probability_gradient
+from core.views.vega import memoized_chart
 
 # Stage names as they appear in legends, and their colours.
 STAGE_MODEL = "model (T = 1)"
@@ -46,6 +47,7 @@ def distribution_frame(entries: Sequence[TokenChoice], show_tempered: bool = Fal
     return pd.DataFrame(rows, columns=["token", "rank", "token_id", "stage", "p", "kept"])
 
 
+@memoized_chart
 def distribution_chart(
     entries: Sequence[TokenChoice], title: str = "", show_tempered: bool = False
 ) -> alt.Chart:
@@ -87,6 +89,7 @@ def surprisal_frame(s: Surprisal) -> pd.DataFrame:
     )
 
 
+@memoized_chart
 def surprisal_chart(s: Surprisal, title: str = "") -> alt.Chart | alt.LayerChart:
     """Surprisal in bits of every token given the ones before it, with the mean as a dashed rule."""
     frame = surprisal_frame(s)
@@ -124,6 +127,7 @@ def entropy_frame(result: GenerationResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "series", "bits"])
 
 
+@memoized_chart
 def entropy_chart(result: GenerationResult, title: str = "") -> alt.Chart:
     """Entropy in bits of the model's and the final distribution at every generated step."""
     frame = entropy_frame(result)

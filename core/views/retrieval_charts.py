@@ -8,9 +8,12 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from core.views.vega import memoized_chart
+
 METRICS = ("recall@1", "recall@3", "MRR")
 
 
+@memoized_chart
 def retrieval_eval_chart(rows: Sequence[dict[str, Any]]) -> alt.FacetChart:
     """Grouped bars from `EvalResult.row()` dicts: x = metric, colour = mode, a column per chunk size."""
     long = pd.DataFrame(

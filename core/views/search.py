@@ -14,6 +14,7 @@ import pandas as pd
 from core.retrieval.chunking import Chunk
 from core.retrieval.maps import EmbeddingMap
 from core.retrieval.search import HitContext
+from core.views.vega import memoized_chart
 
 
 def _short(text: str, width: int = 40) -> str:
@@ -21,6 +22,7 @@ def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+@memoized_chart
 def search_map_chart(embedding_map: EmbeddingMap, highlight_ids: Sequence[str] = ()) -> alt.Chart:
     """Every chunk coloured by document, the query as a red diamond, retrieved chunks ringed.
 

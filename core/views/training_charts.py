@@ -13,6 +13,7 @@ from core.training.compare import AttentionChange, LogitLensComparison, NextToke
 from core.training.jobs import Curve, JobSnapshot
 from core.training.results import TrainStep
 from core.views.charts import heatmap
+from core.views.vega import memoized_chart
 
 TRAIN_COLOR = "#1f77b4"
 EVAL_COLOR = "#ff7f0e"
@@ -30,6 +31,7 @@ def loss_frame(history: Sequence[TrainStep]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "series", "loss"])
 
 
+@memoized_chart
 def loss_chart(
     history: Sequence[TrainStep], log_scale: bool = False, show_lr: bool = True, height: int = 260
 ) -> alt.Chart | alt.LayerChart:
@@ -39,6 +41,7 @@ def loss_chart(
     return _loss_layers(loss_frame(history), lr if show_lr and history else None, log_scale, height)
 
 
+@memoized_chart
 def live_loss_chart(
     loss: Curve, held_out: Curve, log_scale: bool = False, height: int = 260
 ) -> alt.Chart | alt.LayerChart:
@@ -85,6 +88,7 @@ def _loss_layers(
     return alt.layer(curves, lr_line).resolve_scale(y="independent").properties(height=height)
 
 
+@memoized_chart
 def grad_norm_chart(step: TrainStep, height: int = 240) -> alt.Chart:
     """Bars of one step's gradient norm per layer group, bottom (embeddings) to top (head)."""
     frame = pd.DataFrame({"layer": list(step.grad_norms), "grad_norm": list(step.grad_norms.values())})
@@ -100,6 +104,7 @@ def grad_norm_chart(step: TrainStep, height: int = 240) -> alt.Chart:
     )
 
 
+@memoized_chart
 def drift_chart(drift: WeightDrift, height: int = 240) -> alt.Chart:
     """Bars of ‖ΔW‖/‖W‖ per layer group."""
     frame = pd.DataFrame({"layer": drift.groups, "relative_change": drift.relative})
@@ -115,6 +120,7 @@ def drift_chart(drift: WeightDrift, height: int = 240) -> alt.Chart:
     )
 
 
+@memoized_chart
 def next_token_chart(comparison: NextTokenComparison, height: int = 260) -> alt.Chart:
     """Grouped bars: each candidate token's probability before and after fine-tuning."""
     order = [repr(t.token) for t in comparison.top]
@@ -140,6 +146,7 @@ def next_token_chart(comparison: NextTokenComparison, height: int = 260) -> alt.
     )
 
 
+@memoized_chart
 def attention_change_chart(change: AttentionChange, height: int = 200) -> alt.Chart:
     """Heatmap of mean |ΔA| per layer (rows) and head (columns)."""
     n_layer, n_head = change.mean_abs_delta.shape
@@ -164,6 +171,7 @@ def attention_change_chart(change: AttentionChange, height: int = 200) -> alt.Ch
     )
 
 
+@memoized_chart
 def logit_lens_chart(comparison: LogitLensComparison, height: int = 240) -> alt.Chart:
     """Probability of the target token layer by layer, before vs after (top token in the tooltip)."""
     rows = []
@@ -197,6 +205,7 @@ def logit_lens_chart(comparison: LogitLensComparison, height: int = 240) -> alt.
     )
 
 
+@memoized_chart
 def grad_norm_heatmap(curve: Curve, max_columns: int = 100, height: int | None = None) -> alt.Chart:
     """Every layer's gradient norm over the run: layers as rows, steps as columns (at most
     `max_columns`, neighbouring points averaged), from a running job's curve."""

@@ -11,10 +11,13 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from core.views.vega import memoized_chart
+
 MATCH_COLOUR = "#fde68a"  # a term the query and the chunk share
 TERM_COLOUR = "#e5e7eb"  # any other term
 
 
+@memoized_chart
 def dense_strip_chart(query: np.ndarray, chunk: np.ndarray, width: int = 640) -> alt.VConcatChart:
     """Query q [d] and chunk c [d] as two strips of d cells coloured by value (one shared scale), and
     below them the products q_i·c_i on their own scale: for unit vectors they sum to cos(q, c)."""
