@@ -34,8 +34,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVE = ROOT / "serve.py"  # what `make run` runs: the default model starts loading with the server
+
+
 class Server:
-    """`streamlit run <script>` on a free loopback port, its process group ended by `stop`.
+    """`streamlit run <script>` on a free loopback port, its process group ended by `stop`; with
+    `script=SERVE`, `python serve.py` (Vector Lab as `make run` starts it).
 
     `launched` is the perf_counter reading just before the process started: start-up figures count
     from there (Python, Streamlit and the app's imports included)."""
@@ -45,8 +49,14 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log or os.devnull, "w")  # noqa: SIM115 - closed in stop()
         self.launched = time.perf_counter()
+        start = (
+            [sys.executable, str(SERVE)]
+            if Path(script) == SERVE
+            else [sys.executable, "-m", "streamlit", "run", str(script)]
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(self.port)]
+            start
+            + ["--server.port", str(self.port)]
             + ["--server.address", "127.0.0.1", "--server.headless", "true"],
             cwd=ROOT,
             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},

@@ -5,6 +5,7 @@ files changed on disk."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -148,3 +149,23 @@ class ModelStore:
             if load.model is None and load.error is None:  # the thread was stopped mid-load
                 load.error = ModelLoadError(f"Loading '{load.spec}' stopped half-way; pick it again.")
             load.done.set()
+
+
+MODEL_ENV = "VECTORLAB_MODEL"  # the model every new session starts with ("auto" when unset)
+
+_shared: ModelStore | None = None
+_shared_lock = threading.Lock()
+
+
+def default_spec() -> str:
+    return os.environ.get(MODEL_ENV, "auto").strip() or "auto"
+
+
+def shared_store() -> ModelStore:
+    """The process's one store, shared by every browser session (and by `serve.py`, which starts the
+    default model's load in it before the server is up)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ModelStore()
+        return _shared
