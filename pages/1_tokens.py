@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.inspection.tokens import nearest_tokens, neighbourhood_map, readable, tokenize_plain
+from core.inspection.tokens import readable, tokenize_plain
 from core.tolerance import check_close
 from core.views import charts
 from core.views.token_html import pieces_html
@@ -25,7 +25,7 @@ render_sidebar()
 loaded = state.require_model()
 trace = state.require_trace(loaded)
 info = loaded.info
-strings, unit_embeddings, embeddings = state.vocabulary(loaded)
+strings, _, embeddings = state.vocabulary(loaded)
 
 # ---------------------------------------------------------------- pieces and ids
 st.subheader("The pieces")
@@ -59,7 +59,7 @@ dims = right.slider(
     "Dimensions shown",
     8,
     max_dims,
-    **state.persist("tok_dims", min(max_dims, 256), allowed=state.Between(8, max_dims)),
+    **state.persist("tok_dims", min(max_dims, 64), allowed=state.Between(8, max_dims)),
 )
 rows = trace.token_embeddings[start : start + n_rows, :dims]
 labels = [readable(p) for p in trace.pieces[start : start + n_rows]]
@@ -94,7 +94,7 @@ position = left.selectbox(
 )
 k = right.slider("Neighbours", 3, 30, **state.persist("tok_k", 10, allowed=state.Between(3, 30)))
 token_id = int(trace.token_ids[position])
-neighbours = nearest_tokens(unit_embeddings, token_id, strings, k=k)
+neighbours = state.nearest_tokens(loaded, token_id, k)
 show_chart(
     charts.bars(
         [n.text for n in neighbours],
@@ -106,24 +106,42 @@ show_chart(
 )
 
 # ---------------------------------------------------------------- 2-D map
-st.subheader("A 2-D map of the sentence among its neighbours")
-per_token = st.slider(
-    "Neighbours per token on the map", 0, 10, **state.persist("tok_map_k", 4, allowed=state.Between(0, 10))
+MAP_SECTION = "tok_exp_map"  # the map's expander: drawn (and its PCA computed) only while open
+
+
+def draw_map() -> None:
+    per_token = st.slider(
+        "Neighbours per token on the map",
+        0,
+        10,
+        **state.persist("tok_map_k", 4, allowed=state.Between(0, 10)),
+    )
+    ids_for_map = list(dict.fromkeys(int(t) for t in trace.token_ids))[:40]
+    points = state.token_map(loaded, ids_for_map, per_token)
+    show_chart(
+        charts.token_map(
+            pd.DataFrame([p.__dict__ for p in points]),
+            title="First two principal components of the rows (bold: tokens of your text)",
+        ),
+        "tokens_3",
+    )
+    st.caption(
+        f"PCA keeps the two directions along which these {len(points)} rows vary most; "
+        "points close here are often close in the full space too, but not always."
+        + (
+            " Only the first 40 distinct tokens are mapped."
+            if len(set(trace.token_ids.tolist())) > 40
+            else ""
+        )
+    )
+
+
+map_section = st.expander(
+    "A 2-D map of the sentence among its neighbours", key=MAP_SECTION, on_change="rerun"
 )
-ids_for_map = list(dict.fromkeys(int(t) for t in trace.token_ids))[:40]
-points = neighbourhood_map(unit_embeddings, embeddings, ids_for_map, strings, per_token)
-show_chart(
-    charts.token_map(
-        pd.DataFrame([p.__dict__ for p in points]),
-        title="First two principal components of the rows (bold: tokens of your text)",
-    ),
-    "tokens_3",
-)
-st.caption(
-    f"PCA keeps the two directions along which these {len(points)} rows vary most; "
-    "points close here are often close in the full space too, but not always."
-    + (" Only the first 40 distinct tokens are mapped." if len(set(trace.token_ids.tolist())) > 40 else "")
-)
+if map_section.open:
+    with map_section:
+        draw_map()
 
 # ---------------------------------------------------------------- predict, then reveal
 quiz.render_questions(loaded, trace, station=1)

@@ -21,7 +21,7 @@ from core.retrieval.embeddings import cosine_similarity_matrix
 from core.views import charts
 from ui import quiz, state
 from ui.sidebar import render_sidebar
-from ui.widgets import check_metric, downloads, show_chart
+from ui.widgets import check_metric, downloads, lazy_section, show_chart
 
 st.title("2 · Positional encoding")
 st.markdown(
@@ -43,76 +43,35 @@ T, d = trace.token_embeddings.shape
 labels = [readable(p) for p in trace.pieces]
 
 block_check = block_input_check(trace)
-if trace.position_vectors is not None:
-    st.subheader("input = token embedding + position vector")
-    window = min(T, 48)
-    dims = st.slider(
-        "Dimensions shown", 8, d, **state.persist("pos_dims", min(d, 96), allowed=state.Between(8, d))
-    )
-    show = slice(0, window)
-    cols = st.columns(3)
-    for col, (name, matrix) in zip(
-        cols,
-        [
-            ("token embedding E[id]", trace.token_embeddings),
-            ("+ position vector P[t]", trace.position_vectors),
-            ("= first block's input", trace.block_input),
-        ],
-        strict=True,
-    ):
-        show_chart(
-            charts.heatmap(
-                matrix[show, :dims],
-                labels[show],
-                [str(i) for i in range(dims)],
-                title=name,
-                row_title="token",
-                col_title="dimension",
-                show_col_labels=False,
-            ),
-            f"positions_sum_{name.split()[1]}",
-            container=col,
-        )
-    check_metric("Check: max |(E[id] + P[t]) − block input|", block_check)
-    downloads("position_vectors", trace.position_vectors, labels, key="pos_vectors")
-    if T > window:
-        st.caption(f"Showing the first {window} of {T} tokens.")
 
-    st.subheader("How alike are the position vectors?")
+
+def learned_similarity() -> None:
+    """GPT-2's learned table next to the sinusoidal one: cosine between positions, and the raw rows."""
     most = min(info.max_positions, 256)
     n_pos = st.slider(
         "Positions", 8, most, **state.persist("pos_n", min(64, most), allowed=state.Between(8, most))
     )
     table = learned_position_table(loaded.model, n_pos)
+    table_sin = sinusoidal(n_pos, d)
     left, right = st.columns(2)
-    show_chart(
-        charts.heatmap(
-            cosine_similarity_matrix(table),
-            None,
-            None,
-            title="GPT-2 learned P: cosine(P[i], P[j])",
-            row_title="position i",
-            col_title="position j",
-            value_title="cosine",
-            show_col_labels=n_pos <= 32,
-        ),
-        "positions_2",
-        container=left,
-    )
-    show_chart(
-        charts.heatmap(
-            cosine_similarity_matrix(sinusoidal(n_pos, d)),
-            None,
-            None,
-            title="Sinusoidal encoding: cosine(PE[i], PE[j])",
-            row_title="position i",
-            col_title="position j",
-            value_title="cosine",
-            show_col_labels=n_pos <= 32,
-        ),
-        "positions_3",
-        container=right,
-    )
+    for container, matrix, title, name in (
+        (left, table, "GPT-2 learned P: cosine(P[i], P[j])", "positions_2"),
+        (right, table_sin, "Sinusoidal encoding: cosine(PE[i], PE[j])", "positions_3"),
+    ):
+        show_chart(
+            charts.heatmap(
+                cosine_similarity_matrix(matrix),
+                None,
+                None,
+                title=title,
+                row_title="position i",
+                col_title="position j",
+                value_title="cosine",
+                show_col_labels=n_pos <= 32,
+            ),
+            name,
+            container=container,
+        )
     st.caption(
         "Nearby positions get similar vectors in both: the band along the diagonal. GPT-2 learned its "
         "table from data; the sinusoidal one (`PE[t, 2i] = sin(t / 10000^(2i/d))`, "
@@ -120,65 +79,30 @@ if trace.position_vectors is not None:
     )
     left, right = st.columns(2)
     n_dims = min(d, 64)
-    show_chart(
-        charts.heatmap(
-            table[:, :n_dims],
-            None,
-            None,
-            title=f"Learned P (first {n_dims} dims)",
-            row_title="position",
-            col_title="dimension",
-            show_col_labels=False,
-        ),
-        "positions_4",
-        container=left,
-    )
-    show_chart(
-        charts.heatmap(
-            sinusoidal(n_pos, d)[:, :n_dims],
-            None,
-            None,
-            title=f"Sinusoidal PE (first {n_dims} dims)",
-            row_title="position",
-            col_title="dimension",
-            show_col_labels=False,
-        ),
-        "positions_5",
-        container=right,
-    )
-else:
-    rot = trace.rotary
-    st.subheader("No position vector: the block input is the token embedding")
-    check_metric("Check: max |E[id] − block input|", block_check)
-    downloads("rotary_cos_sin", np.concatenate([rot.cos, rot.sin], axis=1), labels, key="rope_tables")
-    st.markdown(
-        "Instead, inside every attention layer each query and key head vector is cut into pairs "
-        f"`(x_i, x_(i+{rot.d_head // 2}))` and pair *i* is turned by the angle `t · θ^(−2i/d_head)` "
-        f"(θ = {rot.theta:g}). Fast pairs spin many times per token; slow ones barely move."
-    )
-    n_pos = st.slider("Positions", 8, 256, **state.persist("rope_n", 64, allowed=state.Between(8, 256)))
-    angles = pair_angles(np.arange(n_pos), rot.inv_freq)
-    show_chart(
-        charts.heatmap(
-            angles,
-            None,
-            None,
-            title="Rotation angle of each pair at each position (radians mod 2π)",
-            row_title="position",
-            col_title="pair i",
-            value_title="angle",
-            scheme="viridis",
-            domain_mid=None,
-            show_col_labels=False,
-        ),
-        "positions_6",
-    )
-    check_metric(
-        "Check: max |our RoPE(q before rotation) − the model's q| (all layers, heads, tokens)",
-        state.derived(rotary_check, loaded, trace),
-    )
+    for container, matrix, title, name in (
+        (left, table, f"Learned P (first {n_dims} dims)", "positions_4"),
+        (right, table_sin, f"Sinusoidal PE (first {n_dims} dims)", "positions_5"),
+    ):
+        show_chart(
+            charts.heatmap(
+                matrix[:, :n_dims],
+                None,
+                None,
+                title=title,
+                row_title="position",
+                col_title="dimension",
+                show_col_labels=False,
+            ),
+            name,
+            container=container,
+        )
+    st.caption("The position vectors P[t] of the traced text, every dimension:")
+    downloads("position_vectors", trace.position_vectors, labels, key="pos_vectors")
 
-    st.subheader("Only the distance counts")
+
+def only_the_distance(n_pos: int) -> None:
+    """One query pair turning with its position, and q·k unchanged when both positions shift together."""
+    rot = trace.rotary
     left, mid, right = st.columns(3)
     n_pairs = rot.d_head // 2
     layer = left.slider(
@@ -199,16 +123,8 @@ else:
     q = trace.q_pre_rotary_layers[layer][head, tok]
     k = trace.k_pre_rotary_layers[layer][trace.kv_head_of(head), 0]
     half = rot.d_head // 2
-    circle = pd.DataFrame(
-        [
-            {
-                "position": t,
-                "x": rotate(q, t, rot.inv_freq)[pair],
-                "y": rotate(q, t, rot.inv_freq)[pair + half],
-            }
-            for t in range(min(n_pos, 64))
-        ]
-    )
+    turned = [rotate(q, t, rot.inv_freq) for t in range(min(n_pos, 64))]
+    circle = pd.DataFrame([{"position": t, "x": v[pair], "y": v[pair + half]} for t, v in enumerate(turned)])
     show_chart(
         charts.path_2d(
             circle, title=f"Pair {pair} of q for '{labels[tok]}' at positions 0–{len(circle) - 1}"
@@ -235,93 +151,167 @@ else:
         f"K/V head it shares (head {trace.kv_head_of(head)}). Moving both by the same amount leaves "
         "q·k unchanged, while changing the distance changes it."
     )
+    st.caption("The cos and sin tables of every traced position:")
+    downloads("rotary_cos_sin", np.concatenate([rot.cos, rot.sin], axis=1), labels, key="rope_tables")
+
+
+if trace.position_vectors is not None:
+    st.subheader("input = token embedding + position vector")
+    window = min(T, 48)
+    dims = st.slider(
+        "Dimensions shown", 8, d, **state.persist("pos_dims", min(d, 32), allowed=state.Between(8, d))
+    )
+    show = slice(0, window)
+    cols = st.columns(3)
+    for col, (name, matrix) in zip(
+        cols,
+        [
+            ("token embedding E[id]", trace.token_embeddings),
+            ("+ position vector P[t]", trace.position_vectors),
+            ("= first block's input", trace.block_input),
+        ],
+        strict=True,
+    ):
+        show_chart(
+            charts.heatmap(
+                matrix[show, :dims],
+                labels[show],
+                [str(i) for i in range(dims)],
+                title=name,
+                row_title="token",
+                col_title="dimension",
+                show_col_labels=False,
+            ),
+            f"positions_sum_{name.split()[1]}",
+            container=col,
+        )
+    check_metric("Check: max |(E[id] + P[t]) − block input|", block_check)
+    if T > window:
+        st.caption(f"Showing the first {window} of {T} tokens.")
+    lazy_section("How alike are the position vectors?", "pos_exp_similarity", learned_similarity)
+else:
+    rot = trace.rotary
+    st.subheader("No position vector: the block input is the token embedding")
+    check_metric("Check: max |E[id] − block input|", block_check)
+    st.markdown(
+        "Instead, inside every attention layer each query and key head vector is cut into pairs "
+        f"`(x_i, x_(i+{rot.d_head // 2}))` and pair *i* is turned by the angle `t · θ^(−2i/d_head)` "
+        f"(θ = {rot.theta:g}). Fast pairs spin many times per token; slow ones barely move."
+    )
+    n_pos = st.slider("Positions", 8, 256, **state.persist("rope_n", 64, allowed=state.Between(8, 256)))
+    angles = pair_angles(np.arange(n_pos), rot.inv_freq)
+    show_chart(
+        charts.heatmap(
+            angles,
+            None,
+            None,
+            title="Rotation angle of each pair at each position (radians mod 2π)",
+            row_title="position",
+            col_title="pair i",
+            value_title="angle",
+            scheme="viridis",
+            domain_mid=None,
+            show_col_labels=False,
+        ),
+        "positions_6",
+    )
+    check_metric(
+        "Check: max |our RoPE(q before rotation) − the model's q| (all layers, heads, tokens)",
+        state.derived(rotary_check, loaded, trace),
+    )
+    lazy_section("Only the distance counts", "pos_exp_distance", lambda: only_the_distance(n_pos))
+
 
 # ---------------------------------------------------------------- positions removed
-st.subheader("What if the model had no positions?")
-removal = (
-    "every position vector `P[t]` is replaced by zeros, so each block reads the token embedding alone"
-    if trace.position_vectors is not None
-    else "every query and key is rotated as if it stood at position 0 — no rotation at all"
-)
-st.markdown(
-    f"Run the same text again with the positions taken out: {removal}. Nothing else changes, and the "
-    "causal mask still lets token t see only tokens ≤ t."
-)
-effect = state.position_effect(loaded, trace.text)
-left, right = st.columns(2)
-for container, run, name in ((left, effect.kept, "with positions"), (right, effect.removed, "without")):
-    container.dataframe(
-        pd.DataFrame(
-            {f"next token ({name})": [readable(c.text) for c in run.top], "p": [c.prob for c in run.top]}
-        ),
-        hide_index=True,
-        width="stretch",
+def without_positions() -> None:
+    """The same text, and two reorderings of one text, run with the positions taken out."""
+    removal = (
+        "every position vector `P[t]` is replaced by zeros, so each block reads the token embedding alone"
+        if trace.position_vectors is not None
+        else "every query and key is rotated as if it stood at position 0 — no rotation at all"
     )
-m1, m2 = st.columns(2)
-m1.metric(
-    "KL(with ‖ without positions)",
-    f"{effect.kl_nats:.3g} nats",
-    help="How far the next-token distribution moves when the positions are removed (0 = not at all).",
-)
-m2.metric(
-    "Top prediction",
-    "unchanged" if effect.kept.top[0].token_id == effect.removed.top[0].token_id else "changed",
-)
-
-st.markdown(
-    "**Word order without positions.** Give two texts with the same tokens in another order and the "
-    "same last token, and compare what the model predicts after each."
-)
-left, right = st.columns(2)
-text_a = left.text_input("Text A", **state.persist("order_a", "The dog bites the man. The"))
-text_b = right.text_input("Text B", **state.persist("order_b", "The man bites the dog. The"))
-try:
-    order = state.order_effect(loaded, text_a, text_b)
-except VectorLabError as e:
-    st.error(str(e))
-else:
-    rows = []
-    for kept in (True, False):
-        for label, run_pair in (("A", order.a), ("B", order.b)):
-            run = run_pair.kept if kept else run_pair.removed
-            rows.append(
-                {
-                    "positions": "kept" if kept else "removed",
-                    "text": label,
-                    **{
-                        f"top {i + 1}": f"{readable(c.text)} ({c.prob:.1%})"
-                        for i, c in enumerate(run.top[:3])
-                    },
-                }
-            )
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.markdown(
+        f"Run the same text again with the positions taken out: {removal}. Nothing else changes, and the "
+        "causal mask still lets token t see only tokens ≤ t."
+    )
+    effect = state.position_effect(loaded, trace.text)
+    left, right = st.columns(2)
+    for container, run, name in ((left, effect.kept, "with positions"), (right, effect.removed, "without")):
+        container.dataframe(
+            pd.DataFrame(
+                {f"next token ({name})": [readable(c.text) for c in run.top], "p": [c.prob for c in run.top]}
+            ),
+            hide_index=True,
+            width="stretch",
+        )
     m1, m2 = st.columns(2)
-    m1.metric("KL(A ‖ B), positions kept", f"{order.kl_kept:.3g} nats")
-    m2.metric("KL(A ‖ B), positions removed", f"{order.kl_removed:.3g} nats")
-    if order.prefix_permuted:
-        m1, m2 = st.columns(2)
-        m1.metric(
-            "Block 0 output at the last token, max |A − B|, positions kept",
-            f"{order.first_block_kept.error:.2e}",
-        )
-        check_metric(
-            "Block 0 output at the last token, max |A − B|, positions removed",
-            order.first_block_removed,
-            container=m2,
-        )
-        st.caption(
-            "Without positions the first block cannot tell A from B at the last token: its attention "
-            "sees the earlier tokens as a set, and the two outputs differ by rounding only. The final "
-            "predictions still differ, because the causal mask leaks order: in A and B each earlier "
-            "token saw a different prefix, and the later blocks read those. A causal decoder is "
-            "therefore never fully blind to order — positions make it explicit and easy to use."
-        )
+    m1.metric(
+        "KL(with ‖ without positions)",
+        f"{effect.kl_nats:.3g} nats",
+        help="How far the next-token distribution moves when the positions are removed (0 = not at all).",
+    )
+    m2.metric(
+        "Top prediction",
+        "unchanged" if effect.kept.top[0].token_id == effect.removed.top[0].token_id else "changed",
+    )
+
+    st.markdown(
+        "**Word order without positions.** Give two texts with the same tokens in another order and the "
+        "same last token, and compare what the model predicts after each."
+    )
+    left, right = st.columns(2)
+    text_a = left.text_input("Text A", **state.persist("order_a", "The dog bites the man. The"))
+    text_b = right.text_input("Text B", **state.persist("order_b", "The man bites the dog. The"))
+    try:
+        order = state.order_effect(loaded, text_a, text_b)
+    except VectorLabError as e:
+        st.error(str(e))
     else:
-        st.info(
-            "B is not A's tokens reordered with the same last token "
-            f"({len(order.a.kept.token_ids)} vs {len(order.b.kept.token_ids)} tokens), so only the "
-            "predictions are compared."
-        )
+        rows = []
+        for kept in (True, False):
+            for label, run_pair in (("A", order.a), ("B", order.b)):
+                run = run_pair.kept if kept else run_pair.removed
+                rows.append(
+                    {
+                        "positions": "kept" if kept else "removed",
+                        "text": label,
+                        **{
+                            f"top {i + 1}": f"{readable(c.text)} ({c.prob:.1%})"
+                            for i, c in enumerate(run.top[:3])
+                        },
+                    }
+                )
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        m1, m2 = st.columns(2)
+        m1.metric("KL(A ‖ B), positions kept", f"{order.kl_kept:.3g} nats")
+        m2.metric("KL(A ‖ B), positions removed", f"{order.kl_removed:.3g} nats")
+        if order.prefix_permuted:
+            m1, m2 = st.columns(2)
+            m1.metric(
+                "Block 0 output at the last token, max |A − B|, positions kept",
+                f"{order.first_block_kept.error:.2e}",
+            )
+            check_metric(
+                "Block 0 output at the last token, max |A − B|, positions removed",
+                order.first_block_removed,
+                container=m2,
+            )
+            st.caption(
+                "Without positions the first block cannot tell A from B at the last token: its attention "
+                "sees the earlier tokens as a set, and the two outputs differ by rounding only. The final "
+                "predictions still differ, because the causal mask leaks order: in A and B each earlier "
+                "token saw a different prefix, and the later blocks read those. A causal decoder is "
+                "therefore never fully blind to order — positions make it explicit and easy to use."
+            )
+        else:
+            st.info(
+                "B is not A's tokens reordered with the same last token "
+                f"({len(order.a.kept.token_ids)} vs {len(order.b.kept.token_ids)} tokens), so only the "
+                "predictions are compared."
+            )
+
+
+lazy_section("What if the model had no positions?", "pos_exp_removed", without_positions)
 
 # ---------------------------------------------------------------- predict, then reveal
 quiz.render_questions(loaded, trace, station=2)

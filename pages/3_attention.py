@@ -1,4 +1,5 @@
-"""Station 3: self-attention — every head's map, then one token's softmax(QKᵀ/√d)·V step by step."""
+"""Station 3: self-attention — one head's map and one token's softmax(QKᵀ/√d)·V step by step first;
+every head at once, the vectors, rotary and the q/k/v projections in sections drawn when opened."""
 
 from __future__ import annotations
 
@@ -6,18 +7,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.inspection.attention import (
-    all_heads_check,
-    attention_grid_image,
-    head_patterns,
-    head_steps,
-    qkv_split,
-)
+from core.inspection.attention import all_heads_check, attention_grid_image, head_patterns, head_steps
 from core.inspection.tokens import readable
 from core.views import charts
 from ui import quiz, state
 from ui.sidebar import render_sidebar
-from ui.widgets import check_metric, downloads, show_chart, token_picker, token_window
+from ui.widgets import check_metric, downloads, lazy_section, show_chart, token_picker, token_window
 
 st.title("3 · Self-attention")
 st.markdown(
@@ -35,56 +30,16 @@ info = loaded.info
 labels = [readable(p) for p in trace.pieces]
 patterns = state.derived(head_patterns, loaded, trace)
 
-# ---------------------------------------------------------------- overview
-st.subheader("Every head at once")
-window = token_window(trace.n_tokens, key="att_window", size=24)
-grid_col, table_col = st.columns([2, 3])
-grid = attention_grid_image(trace, window, tile=22, gap=3)
-grid_col.image(
-    grid,
-    width=min(int(grid.shape[1] * 1.6), 560),
-    caption=f"Rows: layers 0–{info.n_layer - 1} (top to bottom). Columns: heads 0–{info.n_head - 1}. "
-    "Each square is one head's attention map (query ↓, key →, brightest = most attention); "
-    "grey = the causal mask.",
-)
-stat = table_col.radio(
-    "Colour the layer × head table by",
-    ["previous token", "first token", "itself", "entropy (bits)"],
-    horizontal=True,
-    **state.persist("att_stat", "previous token"),
-)
-matrix = {
-    "previous token": patterns.previous,
-    "first token": patterns.first,
-    "itself": patterns.self_,
-    "entropy (bits)": patterns.entropy,
-}[stat]
-show_chart(
-    charts.heatmap(
-        matrix,
-        [f"layer {i}" for i in range(info.n_layer)],
-        [f"head {h}" for h in range(info.n_head)],
-        title=f"Mean attention share on: {stat}"
-        if "entropy" not in stat
-        else "Mean entropy of each head's rows",
-        row_title="layer",
-        col_title="head",
-        value_title="share" if "entropy" not in stat else "bits",
-        scheme="viridis",
-        domain_mid=None,
-    ),
-    "attention_1",
-    container=table_col,
-)
 
 # ---------------------------------------------------------------- one head
-st.subheader("One head, large")
+st.subheader("One head's attention map")
 c1, c2 = st.columns(2)
 layer = c1.selectbox(
     "Layer", range(info.n_layer), **state.persist("att_layer", 0, allowed=range(info.n_layer))
 )
 head = c2.selectbox("Head", range(info.n_head), **state.persist("att_head", 0, allowed=range(info.n_head)))
 st.info(patterns.hint(layer, head))
+window = token_window(trace.n_tokens, key="att_window", size=24)
 A = trace.attention_layers[layer][head][window, window].astype(np.float64)
 masked = np.where(np.triu(np.ones_like(A, dtype=bool), k=1), np.nan, A)
 show_chart(
@@ -101,7 +56,6 @@ show_chart(
     ),
     "attention_2",
 )
-downloads(f"attention_L{layer}_H{head}", trace.attention_layers[layer][head], labels, labels, key="att_map")
 
 # ---------------------------------------------------------------- one token, step by step
 st.subheader("One token, step by step")
@@ -110,31 +64,11 @@ s = head_steps(trace, layer, head, position)
 keys_window = slice(max(0, position + 1 - 24), position + 1)  # the visible keys: up to 24 before the query
 key_labels = labels[keys_window]
 dh = info.d_head
-
-st.markdown(f"**1. The query** `q` of '{labels[position]}' — {dh} numbers.")
-show_chart(
-    charts.heatmap(
-        s.q[None, :],
-        ["q"],
-        None,
-        row_title="vector",
-        col_title="dimension",
-        show_col_labels=False,
-        height=100,
-    ),
-    "attention_3",
-)
-st.markdown(f"**2. The keys** `K` of every token it may see (K/V head {s.kv_head}).")
-show_chart(
-    charts.heatmap(
-        s.keys[keys_window],
-        key_labels,
-        None,
-        row_title="key token",
-        col_title="dimension",
-        show_col_labels=False,
-    ),
-    "attention_4",
+st.markdown(
+    f"**1–2.** Take the query `q` of '{labels[position]}' ({dh} numbers) and the keys `K` of every token "
+    f"it may see (K/V head {s.kv_head}). **3–6. Scores to weights.** Dot each key with the query, scale "
+    "by `1/√d_head` so the scores do not grow with the width, add the mask (−∞ for later tokens — none "
+    "of them are in this list), softmax."
 )
 steps = pd.DataFrame(
     {
@@ -146,49 +80,124 @@ steps = pd.DataFrame(
         "model's weight": s.model_weights[keys_window],
     }
 )
-st.markdown(
-    "**3–6. Scores to weights.** Dot each key with the query, scale by `1/√d_head` so the scores do not "
-    "grow with the width, add the mask (−∞ for later tokens — none of them are in this list), softmax."
-)
 st.dataframe(steps, hide_index=True, width="stretch")
-show_chart(
-    charts.bars(
-        key_labels,
-        s.weights[keys_window],
-        title="Attention weights of this query",
-        value_title="weight",
-        sort_desc=False,
-        label_title="key token",
-    ),
-    "attention_5",
-)
 st.markdown("**7. The weighted sum of value rows** `Σ_j w_j · v_j` is the head's output.")
-show_chart(
-    charts.heatmap(
-        np.stack([s.output, s.model_output]),
-        ["by hand", "model"],
-        None,
-        row_title="vector",
-        col_title="dimension",
-        show_col_labels=False,
-        height=120,
-    ),
-    "attention_6",
-)
 c1, c2 = st.columns(2)
 check_metric("Check: max |hand-computed output − model's head output|", s.output_check, container=c1)
 all_heads = state.derived(all_heads_check, loaded, trace)
 check_metric("Every layer, head and token", all_heads, container=c2)
-downloads(
-    f"qkv_L{layer}_H{head}_T{position}",
-    np.stack([s.q, s.output, s.model_output]),
-    ["q", "output (hand)", "output (model)"],
-    key="att_vectors",
-)
 
-# ---------------------------------------------------------------- family details
-if trace.rotary is not None:
-    st.subheader("Rotary positions and shared keys")
+
+def draw_vectors() -> None:
+    """Steps 1, 2, 6 and 7 as pictures: q, the keys, the weights, the output by hand and the model's."""
+    show_chart(
+        charts.heatmap(
+            s.q[None, :],
+            ["q"],
+            None,
+            row_title="vector",
+            col_title="dimension",
+            show_col_labels=False,
+            height=100,
+        ),
+        "attention_3",
+    )
+    show_chart(
+        charts.heatmap(
+            s.keys[keys_window],
+            key_labels,
+            None,
+            title=f"The keys K (K/V head {s.kv_head})",
+            row_title="key token",
+            col_title="dimension",
+            show_col_labels=False,
+        ),
+        "attention_4",
+    )
+    show_chart(
+        charts.bars(
+            key_labels,
+            s.weights[keys_window],
+            title="Attention weights of this query",
+            value_title="weight",
+            sort_desc=False,
+            label_title="key token",
+        ),
+        "attention_5",
+    )
+    show_chart(
+        charts.heatmap(
+            np.stack([s.output, s.model_output]),
+            ["by hand", "model"],
+            None,
+            title="The head's output: Σ_j w_j · v_j",
+            row_title="vector",
+            col_title="dimension",
+            show_col_labels=False,
+            height=120,
+        ),
+        "attention_6",
+    )
+
+
+def draw_downloads() -> None:
+    """This head's whole attention map, and this token's q and outputs."""
+    st.caption(f"Layer {layer}, head {head}: the attention map over every token.")
+    downloads(
+        f"attention_L{layer}_H{head}", trace.attention_layers[layer][head], labels, labels, key="att_map"
+    )
+    st.caption(f"Token {position}: q, the output by hand and the model's output.")
+    downloads(
+        f"qkv_L{layer}_H{head}_T{position}",
+        np.stack([s.q, s.output, s.model_output]),
+        ["q", "output (hand)", "output (model)"],
+        key="att_vectors",
+    )
+
+
+def draw_every_head() -> None:
+    """All layers × heads as one image of small maps, and a table of what each head attends to."""
+    grid_col, table_col = st.columns([2, 3])
+    grid = attention_grid_image(trace, window, tile=22, gap=3)
+    grid_col.image(
+        grid,
+        width=min(int(grid.shape[1] * 1.6), 560),
+        caption=f"Rows: layers 0–{info.n_layer - 1} (top to bottom). Columns: heads 0–{info.n_head - 1}. "
+        "Each square is one head's attention map (query ↓, key →, brightest = most attention); "
+        "grey = the causal mask.",
+    )
+    stat = table_col.radio(
+        "Colour the layer × head table by",
+        ["previous token", "first token", "itself", "entropy (bits)"],
+        horizontal=True,
+        **state.persist("att_stat", "previous token"),
+    )
+    matrix = {
+        "previous token": patterns.previous,
+        "first token": patterns.first,
+        "itself": patterns.self_,
+        "entropy (bits)": patterns.entropy,
+    }[stat]
+    entropy = "entropy" in stat
+    show_chart(
+        charts.heatmap(
+            matrix,
+            [f"layer {i}" for i in range(info.n_layer)],
+            [f"head {h}" for h in range(info.n_head)],
+            title="Mean entropy of each head's rows" if entropy else f"Mean attention share on: {stat}",
+            row_title="layer",
+            col_title="head",
+            value_title="bits" if entropy else "share",
+            scheme="viridis",
+            domain_mid=None,
+        ),
+        "attention_1",
+        container=table_col,
+    )
+
+
+def draw_rotary() -> None:
+    """Family detail: q and k before and after rotary, and which query heads share a K/V head."""
     before = trace.q_pre_rotary_layers[layer][head, position]
     after = trace.q_layers[layer][head, position]
     k_before = trace.k_pre_rotary_layers[layer][s.kv_head, position]
@@ -221,16 +230,28 @@ if trace.rotary is not None:
         ).T,
         width="stretch",
     )
-split = qkv_split(loaded, trace, layer)
-st.subheader("Where q, k and v come from")
-shapes = ", ".join(f"`{name}` {shape}" for name, shape in split.modules)
-st.markdown(
-    f"{info.name} computes q, k and v with {split.layout}: {shapes}. Each head reads its own "
-    f"{info.d_head} columns of q (and of its shared k and v)."
-)
-check_metric(
-    "Check: max |projections of norm(x), split into heads − the trace's Q, K, V| (this layer)", split.check
-)
+
+
+def draw_projections() -> None:
+    """Where q, k and v come from in this family, recomputed from the block's input and checked."""
+    split = state.qkv_split(loaded, trace, layer)
+    shapes = ", ".join(f"`{name}` {shape}" for name, shape in split.modules)
+    st.markdown(
+        f"{info.name} computes q, k and v with {split.layout}: {shapes}. Each head reads its own "
+        f"{info.d_head} columns of q (and of its shared k and v)."
+    )
+    check_metric(
+        "Check: max |projections of norm(x), split into heads − the trace's Q, K, V| (this layer)",
+        split.check,
+    )
+
+
+lazy_section("The vectors of these steps: q, K, the weights and the output", "att_exp_vectors", draw_vectors)
+lazy_section("Every head at once: all maps, and what each head attends to", "att_exp_heads", draw_every_head)
+if trace.rotary is not None:
+    lazy_section("Rotary positions and shared keys", "att_exp_rotary", draw_rotary)
+lazy_section("Where q, k and v come from (checked on this layer)", "att_exp_qkv", draw_projections)
+lazy_section("Download these numbers", "att_exp_download", draw_downloads)
 
 # ---------------------------------------------------------------- predict, then reveal
 quiz.render_questions(loaded, trace, station=3)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.errors import VectorLabError
 from core.inspection.generation import generate_steps, surprisal
-from core.inspection.sampling import SamplingConfig, reshape, top_entries
+from core.inspection.sampling import SamplingConfig
 from core.tolerance import EPS64, check_close
 from core.views.output_charts import (
     distribution_chart,
@@ -31,7 +31,7 @@ st.markdown(
 render_sidebar()
 loaded = state.require_model()
 trace = state.require_trace(loaded)
-strings, _, _ = state.vocabulary(loaded)
+n_vocab = loaded.info.vocab_size
 
 # ---------------------------------------------------------------- controls
 st.subheader("The next-token distribution")
@@ -47,9 +47,9 @@ temperature = c1.number_input(
 top_k = c2.number_input(
     "Top-k (0 = off)",
     0,
-    len(strings),
+    n_vocab,
     step=1,
-    **state.persist("out_top_k", 0, allowed=range(len(strings) + 1)),
+    **state.persist("out_top_k", 0, allowed=range(n_vocab + 1)),
 )
 top_p = c3.slider(
     "Top-p (1 = off)",
@@ -68,8 +68,7 @@ except VectorLabError as e:
     st.error(str(e))
     st.stop()
 
-dist = reshape(trace.last_logits, config)
-entries = top_entries(dist, strings, n=n_show)
+dist, entries = state.next_token(loaded, trace, config, n_show)
 show_chart(
     distribution_chart(entries, title=f"After '{trace.pieces[-1]}': model vs reshaped", show_tempered=True),
     "output_1",
@@ -92,13 +91,17 @@ elif dist.n_kept < dist.vocab_size:
         "Grey bars were cut by top-k / top-p; the survivors are renormalised to sum to 1, so each kept "
         "token's final probability is its tempered probability divided by the kept mass."
     )
-downloads(
-    "next_token_probabilities",
-    pd.DataFrame([e.__dict__ for e in entries]).drop(columns=["text"]).to_numpy(dtype=float),
-    [e.text for e in entries],
-    ["token_id", "p_original", "p_tempered", "p_final", "kept"],
-    key="out_dist",
-)
+# Secondary material sits in sections drawn only once opened: each one opened reruns the page.
+downloads_section = st.expander("Download these probabilities", key="out_exp_download", on_change="rerun")
+if downloads_section.open:
+    with downloads_section:
+        downloads(
+            "next_token_probabilities",
+            pd.DataFrame([e.__dict__ for e in entries]).drop(columns=["text"]).to_numpy(dtype=float),
+            [e.text for e in entries],
+            ["token_id", "p_original", "p_tempered", "p_final", "kept"],
+            key="out_dist",
+        )
 
 # ---------------------------------------------------------------- generation
 st.subheader("Generate, one step at a time")
@@ -138,36 +141,48 @@ if result is not None:
         + (" — stopped at end-of-sequence." if result.stopped_at_eos else ".")
     )
     show_chart(entropy_chart(result, title="Entropy of each step's distribution"), "output_2")
-    step_index = (
-        st.slider(
-            "Inspect step", 0, result.n_new - 1, **state.persist("gen_step", 0, allowed=range(result.n_new))
-        )
-        if result.n_new > 1
-        else 0
-    )
-    step = result.steps[step_index]
-    st.markdown(
-        f"Step {step.step}: chose **{step.text!r}** with p = {step.prob:.3f} "
-        f"(the model's own p = {step.prob_model:.3f}; {step.n_kept:,} tokens were in the running)."
-    )
-    show_chart(
-        distribution_chart(list(step.candidates), title=f"Step {step.step}'s distribution"), "output_3"
-    )
+    inspect = st.expander("Inspect one step's distribution", key="out_exp_step", on_change="rerun")
+    if inspect.open:
+        with inspect:
+            step_index = (
+                st.slider(
+                    "Inspect step",
+                    0,
+                    result.n_new - 1,
+                    **state.persist("gen_step", 0, allowed=range(result.n_new)),
+                )
+                if result.n_new > 1
+                else 0
+            )
+            step = result.steps[step_index]
+            st.markdown(
+                f"Step {step.step}: chose **{step.text!r}** with p = {step.prob:.3f} "
+                f"(the model's own p = {step.prob_model:.3f}; {step.n_kept:,} tokens were in the running)."
+            )
+            show_chart(
+                distribution_chart(list(step.candidates), title=f"Step {step.step}'s distribution"),
+                "output_3",
+            )
 elif state.result_is_stale(state.GENERATION, gen_key):
     st.caption("The model, the text or the settings changed since the last generation; press Generate again.")
 
 # ---------------------------------------------------------------- surprisal
-st.subheader("How surprised was the model by your text?")
-s = surprisal(trace)
-st.markdown(s.message)
-if s.perplexity is not None:
-    c1, c2 = st.columns(2)
-    c1.metric("Mean surprisal", f"{s.mean_bits:.2f} bits/token")
-    c2.metric("Perplexity", f"{s.perplexity:.2f}")
-    show_chart(
-        surprisal_chart(s, title="Surprisal of each token, −log₂ p(token | earlier tokens)"), "output_4"
-    )
-    downloads("surprisal_bits", s.bits, list(s.pieces), key="out_surprisal")
+surprise = st.expander(
+    "How surprised was the model by your text?", key="out_exp_surprisal", on_change="rerun"
+)
+if surprise.open:
+    with surprise:
+        s = surprisal(trace)
+        st.markdown(s.message)
+        if s.perplexity is not None:
+            c1, c2 = st.columns(2)
+            c1.metric("Mean surprisal", f"{s.mean_bits:.2f} bits/token")
+            c2.metric("Perplexity", f"{s.perplexity:.2f}")
+            show_chart(
+                surprisal_chart(s, title="Surprisal of each token, −log₂ p(token | earlier tokens)"),
+                "output_4",
+            )
+            downloads("surprisal_bits", s.bits, list(s.pieces), key="out_surprisal")
 
 # ---------------------------------------------------------------- predict, then reveal
 quiz.render_questions(loaded, trace, station=5)

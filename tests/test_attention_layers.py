@@ -124,6 +124,22 @@ def test_llama_separate_projections_split(tiny_llama):
     assert_passes(split.check)
 
 
+def test_the_pages_qkv_split_is_computed_once_per_model_text_and_layer(tiny_gpt2, tiny_llama):
+    from ui import state
+
+    trace = run_trace(tiny_gpt2, TEXT)
+    kept = state.qkv_split(tiny_gpt2, trace, 1)
+    assert state.qkv_split(tiny_gpt2, trace, 1) is kept  # a rerun reads it back
+    assert kept == qkv_split(tiny_gpt2, trace, 1)
+    other_layer = state.qkv_split(tiny_gpt2, trace, 0)
+    assert other_layer is not kept and other_layer == qkv_split(tiny_gpt2, trace, 0)
+    longer = run_trace(tiny_gpt2, TEXT + " Then it rained.")
+    other_text = state.qkv_split(tiny_gpt2, longer, 1)
+    assert other_text is not kept and other_text == qkv_split(tiny_gpt2, longer, 1)
+    other_model = state.qkv_split(tiny_llama, run_trace(tiny_llama, TEXT), 1)
+    assert other_model.modules == (("q_proj", (32, 32)), ("k_proj", (16, 32)), ("v_proj", (16, 32)))
+
+
 def test_attention_grid_image(traced):
     _, trace = traced
     image = attention_grid_image(trace, slice(0, 10), tile=20, gap=2)

@@ -182,6 +182,13 @@ def test_visit_every_page_and_type(server, page):
     assert_no_exception(page, "generate")
     # Charts offer the Vega menu (save as SVG / PNG).
     assert page.locator(".vega-embed").count() >= 2
+    # Sections drawn only once opened: a click on the expander draws its content.
+    assert page.get_by_text("Perplexity").count() == 0
+    page.get_by_text("How surprised was the model by your text?").click()
+    page.get_by_text("Perplexity").first.wait_for()
+    page.get_by_text("Inspect one step's distribution").click()
+    page.get_by_text("Step 0: chose").first.wait_for()
+    assert_no_exception(page, "lazy sections")
 
     # Training station: start a run, see it step, stop it.
     page.locator('[data-testid="stSidebarNavLink"]', has_text="Training with gradients").click()
@@ -360,3 +367,19 @@ def test_journey_draws_every_step_with_its_checks_and_links_on(server, page):
     wait_idle(page)
     page.get_by_role("heading", name="3 · Self-attention").first.wait_for()
     assert_no_exception(page, "journey-link")
+
+
+def test_attention_station_draws_a_section_when_it_is_opened(server, page):
+    """Station 3 shows one chart at first; opening "Every head at once" draws its image and table."""
+    page.goto(server.url)
+    wait_idle(page)
+    open_station(page, "Self-attention")
+    page.get_by_role("heading", name="3 · Self-attention").first.wait_for()
+    assert page.locator(".vega-embed").count() == 1
+    assert passed(shown_checks(page)["Check: max |hand-computed output − model's head output|"])
+    page.locator('[data-testid="stExpander"] summary', has_text="Every head at once").click()
+    wait_idle(page)
+    page.get_by_text("Colour the layer × head table by").wait_for()
+    assert page.locator(".vega-embed").count() == 2
+    assert page.locator('[data-testid="stExpander"] img').count() == 1
+    assert_no_exception(page, "attention-section")

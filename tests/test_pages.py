@@ -73,12 +73,58 @@ def test_tokens_page_widgets(tiny_gpt2_dir):
         metrics(at)["Tokens"] == str(len(gpt2_tokenizer()("Hello world, hello vectors")["input_ids"])) == "5"
     )
     assert any("max |trace's token vectors − E[ids]| = 0.00e+00" in c.value for c in at.caption)
+    assert at.slider(key="tok_dims").value == 32  # the tiny model's whole width: under the 64 shown first
     at.selectbox(key="tok_choice").select(1).run()
     at.slider(key="tok_k").set_value(5).run()
+    # The 2-D map is drawn only once its section is opened.
+    assert [e.label for e in at.expander] == [
+        "A 2-D map of the sentence among its neighbours",
+        "Predict, then reveal",
+    ]
+    assert not [s for s in at.slider if s.key == "tok_map_k"]
+    at.session_state["tok_exp_map"] = True
+    at.run()
     at.slider(key="tok_map_k").set_value(2).run()
     assert_clean(at)
+    assert any(c.value.startswith("PCA keeps the two directions along which these") for c in at.caption)
     # GPT-2's own tokenizer gives the same pieces, so no comparison row is shown.
     assert not any("GPT-2's tokenizer on the same text" in m.value for m in at.markdown)
+
+
+def open_section(at: AppTest, key: str) -> AppTest:
+    """Open the lazy expander `key` (drawn with on_change="rerun") and rerun the page, as a click does."""
+    at.session_state[key] = True
+    return at.run()
+
+
+def test_tokens_page_computes_neighbours_once_per_model_and_input(tiny_gpt2_dir, monkeypatch):
+    from core.inspection import tokens
+
+    calls = []
+
+    def counted(name: str):
+        compute = getattr(tokens, name)
+
+        def run(*args, **kwargs):
+            calls.append(name)
+            return compute(*args, **kwargs)
+
+        return run
+
+    for name in ("nearest_tokens", "neighbourhood_map"):
+        monkeypatch.setattr(tokens, name, counted(name))
+    state._nearest_tokens.clear()
+    state._token_map.clear()
+    at = app_test("pages/1_tokens.py", str(tiny_gpt2_dir), "Hello world, hello vectors")
+    at.session_state["tok_exp_map"] = True
+    at.run()
+    assert_clean(at)
+    assert calls == ["nearest_tokens", "neighbourhood_map"]
+    at.run()  # a rerun with the same model and inputs reuses both
+    assert calls == ["nearest_tokens", "neighbourhood_map"]
+    at.slider(key="tok_k").set_value(5).run()
+    at.slider(key="tok_map_k").set_value(2).run()
+    assert calls == ["nearest_tokens", "neighbourhood_map"] * 2
 
 
 def test_positions_page_gpt2_check_is_exact(tiny_gpt2_dir):
@@ -86,12 +132,21 @@ def test_positions_page_gpt2_check_is_exact(tiny_gpt2_dir):
     assert_clean(at)
     assert float(metrics(at)["Check: max |(E[id] + P[t]) − block input|"]) == 0.0
     assert check_shown_passed(at, "Check: max |(E[id] + P[t]) − block input|")
+    # The sum's three heatmaps are the first view; the table comparisons wait until opened.
+    assert len(at.get("vega_lite_chart")) == 3
+    assert not [s for s in at.slider if s.key == "pos_n"]
+    open_section(at, "pos_exp_similarity")
+    assert_clean(at)
+    assert len(at.get("vega_lite_chart")) == 3 + 4
     at.slider(key="pos_n").set_value(16).run()
     assert_clean(at)
 
 
 def test_positions_page_runs_the_text_without_positions(tiny_model_dir):
     at = app_test("pages/2_positions.py", tiny_model_dir, "The cat sat on the mat and the cat").run()
+    assert_clean(at)
+    assert "KL(with ‖ without positions)" not in metrics(at)  # not run until the section is opened
+    open_section(at, "pos_exp_removed")
     assert_clean(at)
     assert float(metrics(at)["KL(with ‖ without positions)"].split()[0]) > 0
     # The default pair reorders the same tokens: block 0 cannot tell them apart without positions.
@@ -130,6 +185,10 @@ def test_a_failed_check_is_shown_in_red():
 def test_pages_on_bundled_smollm2_show_rotary_and_both_tokenizers(smollm2):
     at = app_test("pages/2_positions.py", "bundled-smollm2").run()
     assert_clean(at)
+    assert "Check: spread of q·k over pairs with offset 2" not in metrics(at)
+    open_section(at, "pos_exp_distance")
+    open_section(at, "pos_exp_removed")
+    assert_clean(at)
     m = metrics(at)
     assert float(m["Check: max |E[id] − block input|"]) == 0.0  # a copy: exact
     for label in (
@@ -147,6 +206,7 @@ def test_pages_on_bundled_smollm2_show_rotary_and_both_tokenizers(smollm2):
     at = app_test("pages/1_tokens.py", "bundled-smollm2", "Tokenization of naïve text").run()
     assert_clean(at)
     assert any("GPT-2's tokenizer on the same text" in m.value for m in at.markdown)
+    assert at.slider(key="tok_dims").value == 64  # of 576: the first view stays light
 
 
 @pytest.mark.parametrize("text", ["", "   \n  "])
@@ -205,32 +265,82 @@ def test_directory_that_is_not_a_model(tmp_path):
     ]
 
 
+def expander_labels(at: AppTest) -> list[str]:
+    return [e.label for e in at.main.expander]
+
+
 def test_attention_page_widgets_and_checks(tiny_model_dir):
     at = app_test("pages/3_attention.py", tiny_model_dir, "The cat sat on the mat and the cat slept.").run()
     assert_clean(at)
+    # First view: one head's map and the step-by-step table with its checks; the rest waits until opened.
+    assert len(at.get("vega_lite_chart")) == 1
+    assert len(at.dataframe) == 1 and not at.image
+    assert not [r for r in at.radio if r.key == "att_stat"]
     assert check_shown_passed(at, "Check: max |hand-computed output − model's head output|")
     assert check_shown_passed(at, "Every layer, head and token")
     at.selectbox(key="att_layer").select(1).run()
     at.selectbox(key="att_head").select(1).run()
     at.selectbox(key="att_token").select(2).run()
-    at.radio(key="att_stat").set_value("entropy (bits)").run()
     assert_clean(at)
     assert check_shown_passed(at, "Check: max |hand-computed output − model's head output|")
     assert at.info[0].value.startswith(("Puts", "Spreads"))
+    steps = at.dataframe[0].value
+    assert [k.split(":")[0] for k in steps["key token"]] == ["0", "1", "2"]  # query token 2 sees 0–2
+
+    open_section(at, "att_exp_heads")
+    assert_clean(at)
+    assert len(at.image) == 1 and len(at.get("vega_lite_chart")) == 2
+    at.radio(key="att_stat").set_value("entropy (bits)").run()
+    assert_clean(at)
+    assert "Mean entropy of each head's rows" in at.get("vega_lite_chart")[1].proto.spec
+
+    open_section(at, "att_exp_vectors")
+    assert len(at.get("vega_lite_chart")) == 2 + 4  # q, K, the weights, the output by hand and the model's
+    open_section(at, "att_exp_qkv")
+    assert_clean(at)
+    assert check_shown_passed(
+        at, "Check: max |projections of norm(x), split into heads − the trace's Q, K, V| (this layer)"
+    )
+    # Rotary and shared keys only for a family with rotary positions (the tiny Llama, not GPT-2).
+    rotary = "Rotary positions and shared keys" in expander_labels(at)
+    assert rotary == ("llama" in tiny_model_dir)
+    if rotary:
+        open_section(at, "att_exp_rotary")
+        assert_clean(at)
+        assert len(at.get("vega_lite_chart")) == 2 + 4 + 1
+    open_section(at, "att_exp_download")
+    assert_clean(at)
+    assert {"dl_csv_att_map", "dl_npz_att_map", "dl_csv_att_vectors", "dl_npz_att_vectors"} <= {
+        b.key for b in at.download_button
+    }
 
 
 def test_layers_page_widgets_and_checks(tiny_model_dir):
     at = app_test("pages/4_layers.py", tiny_model_dir, "The cat sat on the mat and the cat slept.").run()
     assert_clean(at)
+    # First view: the stream's size and its sum checked; the other sections wait until opened.
+    assert len(at.get("vega_lite_chart")) == 1
     assert check_shown_passed(at, "Check: max |x_ℓ + attention + MLP − x_(ℓ+1)|")
+    assert "Check: last layer vs the model's output" not in metrics(at)
+    assert not at.dataframe
+
+    open_section(at, "layers_exp_lens")
+    assert_clean(at)
     assert check_shown_passed(at, "Check: last layer vs the model's output")
     at.selectbox(key="lens_token").select(0).run()
+    lens_table = at.dataframe[0].value
+    assert list(lens_table["layer"]) == ["input", "after block 0", "after block 1"]
+
+    open_section(at, "layers_exp_norm")
     at.slider(key="norm_layer").set_value(0).run()
     at.selectbox(key="norm_token").select(1).run()
     assert_clean(at)
     assert check_shown_passed(at, "Check: max |formula − the model's norm module|")
-    lens_table = at.dataframe[0].value
-    assert list(lens_table["layer"]) == ["input", "after block 0", "after block 1"]
+
+    n_charts = len(at.get("vega_lite_chart"))
+    open_section(at, "layers_exp_updates")
+    assert_clean(at)
+    assert len(at.get("vega_lite_chart")) == n_charts + 3  # cosine, ‖attention update‖, ‖MLP update‖
 
 
 def test_single_token_text_on_every_station(tiny_model_dir):
@@ -248,6 +358,10 @@ def test_two_thousand_token_text_stays_usable(smollm2):
         assert any("the first 512 are traced" in w.value for w in at.warning)
         at.slider(key="att_window" if "attention" in page else "layers_window").set_value(100).run()
         assert_clean(at)
+        if "layers" in page:  # the logit lens reads the window's last tokens
+            open_section(at, "layers_exp_lens")
+            assert_clean(at)
+            assert check_shown_passed(at, "Check: last layer vs the model's output")
 
 
 def _vocab_size(model_dir: str) -> int:
@@ -282,16 +396,54 @@ def test_output_page_controls_and_generation(tiny_model_dir):
     at.button(key="gen_go").click().run()
     assert_clean(at)
     assert any(c.value.startswith("5 tokens in") for c in at.caption)
+    assert not [s for s in at.slider if s.key == "gen_step"]  # one step's details wait until opened
+    open_section(at, "out_exp_step")
+    assert any(m.value.startswith("Step 0: chose") for m in at.markdown)
     at.radio(key="gen_mode").set_value("sample with the settings above").run()
     at.number_input(key="out_temperature").set_value(0.8).run()
     at.button(key="gen_go").click().run()
     assert_clean(at)
+    open_section(at, "out_exp_step")  # the new generation's steps: the section is opened again
     at.slider(key="gen_step").set_value(3).run()
     assert any(m.value.startswith("Step 3: chose") for m in at.markdown)
+    assert "Perplexity" not in metrics(at)
+    open_section(at, "out_exp_surprisal")
+    assert_clean(at)
     assert float(metrics(at)["Perplexity"]) > 1.0
+
+
+def test_output_page_reshapes_once_per_model_text_and_settings(tiny_model_dir, monkeypatch):
+    from core.inspection import sampling
+
+    calls = []
+    reshape = sampling.reshape
+
+    def counted(logits, config=None):
+        calls.append(config)
+        return reshape(logits, config)
+
+    monkeypatch.setattr(sampling, "reshape", counted)
+    state._next_token.clear()
+    at = app_test("pages/5_output.py", tiny_model_dir, "Reshaped once: the cat sat on the").run()
+    assert_clean(at)
+    assert len(calls) == 1
+    first = metrics(at)
+    at.run()  # a rerun with the same model, text and settings reuses the distribution
+    assert len(calls) == 1 and metrics(at) == first
+    at.number_input(key="out_temperature").set_value(0.5).run()
+    assert len(calls) == 2 and calls[-1].temperature == 0.5
+    assert metrics(at)["Entropy (reshaped)"] != first["Entropy (reshaped)"]
+    at.number_input(key="out_temperature").set_value(1.0).run()  # back to settings already computed
+    assert len(calls) == 2 and metrics(at) == first
+    at.session_state[state.TEXT] = "Another text reshapes again"
+    at.run()
+    assert len(calls) == 3
 
 
 def test_output_page_single_token_has_no_perplexity(tiny_gpt2_dir):
     at = app_test("pages/5_output.py", str(tiny_gpt2_dir), "Hi").run()
     assert_clean(at)
+    open_section(at, "out_exp_surprisal")
+    assert_clean(at)
+    assert any(m.value.startswith("The text is a single token") for m in at.markdown)
     assert "Perplexity" not in metrics(at)

@@ -20,6 +20,7 @@ from core.inspection.trace import run_trace
 from core.retrieval.embeddings import unit_rows
 from core.tolerance import CheckResult
 from tests.test_pages import app_test, assert_clean
+from ui import quiz as quiz_ui
 
 TEXT = "The cat sat on the mat because the cat was tired"
 
@@ -45,6 +46,44 @@ def test_nearest_neighbour_is_the_highest_cosine_row(traced):
     cos[trace.token_ids[t]] = -np.inf
     assert answer_of(question) == strings[int(np.argmax(cos))]
     assert len(question.options) == 4 and question.options == tuple(sorted(question.options))
+
+
+def _nearest_by_full_float64_sort(
+    unit_embeddings, token_id, ranks=(0, 25, 250, 2500)
+) -> list[tuple[int, float]]:
+    """(id, cosine) at each rank of one float64 sort of the whole table, ties to the lower id."""
+    sims = unit_embeddings.astype(np.float64) @ unit_embeddings[token_id].astype(np.float64)
+    sims[token_id] = -np.inf
+    order = np.argsort(-sims, kind="stable")
+    return [(int(order[r]), float(sims[order[r]])) for r in ranks]
+
+
+def test_nearest_neighbour_ranks_match_a_full_float64_sort_with_near_ties(traced):
+    """Rows closer together than float32 can tell sit at every rank the question reads: its options and
+    cosines are still those of one float64 sort of the whole table."""
+    _, trace = traced
+    V, d = 50_257, 32
+    token_id = int(trace.token_ids[quiz.focus_token(trace)])
+    strings = [f"t{i}" for i in range(V)]
+    float32_misorders = 0
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        E = rng.normal(size=(V, d))
+        order = [i for i, _ in _nearest_by_full_float64_sort(unit_rows(E.astype(np.float32)), token_id)]
+        for rank, i in zip((0, 25, 250, 2500), order, strict=True):  # a near copy at a far id
+            E[V - 1 - rank] = E[i] * (1 + 3e-8) + rng.normal(size=d) * 3e-8
+        unit = unit_rows(E.astype(np.float32))
+        question = quiz.nearest_neighbour_question(trace, unit, strings)
+        expected = _nearest_by_full_float64_sort(unit, token_id)
+        assert answer_of(question) == strings[expected[0][0]]
+        assert sorted(question.options) == sorted(strings[i] for i, _ in expected)
+        shown = dict(zip(question.options, (value for _, value in question.evidence), strict=True))
+        assert shown == {strings[i]: f"{cos:.4f}" for i, cos in expected}
+        sims32 = unit @ unit[token_id]
+        sims32[token_id] = -np.inf
+        by_float32 = np.argsort(-sims32, kind="stable")[[0, 25, 250, 2500]]
+        float32_misorders += int((by_float32 != [i for i, _ in expected]).any())
+    assert float32_misorders > 0  # the near ties are real: a float32 sort alone would get some wrong
 
 
 def test_largest_norm_is_the_longest_row_of_the_text(traced):
@@ -214,8 +253,43 @@ def score_line(at) -> str:
     return next(c.value for c in at.caption if c.value.startswith("Your score this session"))
 
 
-def test_reveal_shows_the_computed_answer_and_keeps_score(tiny_gpt2_dir):
+def open_quiz(at, station: int):
+    """Open the station's "Predict, then reveal" expander and run the page."""
+    at.session_state[f"{quiz_ui.OPEN_PREFIX}{station}"] = True
+    return at.run()
+
+
+def test_the_quiz_is_computed_only_when_opened_and_once_per_text(tiny_gpt2_dir, monkeypatch):
+    calls = []
+    compute = quiz_ui.QUESTIONS[5]
+
+    def counted(loaded, trace):
+        calls.append(trace.text)
+        return compute(loaded, trace)
+
+    monkeypatch.setitem(quiz_ui.QUESTIONS, 5, counted)
+    quiz_ui._questions.clear()
     at = app_test("pages/5_output.py", str(tiny_gpt2_dir), TEXT).run()
+    assert_clean(at)
+    assert [e.label for e in at.expander if e.label == "Predict, then reveal"] == ["Predict, then reveal"]
+    assert calls == [] and not [r for r in at.radio if r.key.startswith("quiz_")]
+    open_quiz(at, 5)
+    assert_clean(at)
+    assert calls == [TEXT]
+    assert quiz_radio(at, "output.temperature_entropy").options  # drawn once open
+    at.run()  # a rerun, and closing then opening it again, reuse the questions
+    at.session_state[f"{quiz_ui.OPEN_PREFIX}5"] = False
+    at.run()
+    assert not [r for r in at.radio if r.key.startswith("quiz_")]
+    open_quiz(at, 5)
+    assert calls == [TEXT]
+    at.session_state["vl_text"] = "A completely different sentence about rivers"
+    at.run()
+    assert calls == [TEXT, "A completely different sentence about rivers"]
+
+
+def test_reveal_shows_the_computed_answer_and_keeps_score(tiny_gpt2_dir):
+    at = open_quiz(app_test("pages/5_output.py", str(tiny_gpt2_dir), TEXT), 5)
     assert_clean(at)
     assert score_line(at) == "Your score this session: 0 of 0 answered correctly."
     from core.model.loading import load_model
@@ -249,3 +323,11 @@ def test_reveal_shows_the_computed_answer_and_keeps_score(tiny_gpt2_dir):
     assert_clean(at)
     assert not quiz_radio(at, "output.top_p_kept").disabled
     assert score_line(at) == "Your score this session: 1 of 2 answered correctly."
+
+
+def test_a_single_token_text_says_why_there_are_no_questions(tiny_gpt2_dir):
+    at = open_quiz(app_test("pages/3_attention.py", str(tiny_gpt2_dir), "Hi"), 3)
+    assert_clean(at)
+    assert [i.value for i in at.info if i.value.startswith("No questions")] == [
+        "No questions for this text: These questions need a text of at least two tokens."
+    ]

@@ -115,6 +115,28 @@ def test_entropy_in_nats_and_bits():
     assert dist.entropy_after.bits < dist.entropy_before.bits
 
 
+def test_stages_the_settings_leave_alone_are_the_model_distribution():
+    logits = _logits(1000, 3.0, seed=7)
+    plain = reshape(logits)  # T = 1, no top-k, no top-p: every stage is the model's own softmax
+    assert np.array_equal(plain.tempered, plain.original) and np.array_equal(plain.final, plain.original)
+    assert plain.entropy_before == plain.entropy_tempered == plain.entropy_after
+    softmax = torch.softmax(torch.as_tensor(logits).double(), -1).numpy()
+    assert check_close(plain.original, softmax, reduction_length=1000, reference=logits, eps=EPS64).passed
+    # Top-k alone at T = 1 cuts the model's own distribution: its tempered stage is that distribution.
+    cut = reshape(logits, SamplingConfig(top_k=50))
+    assert np.array_equal(cut.tempered, plain.original) and cut.entropy_tempered == plain.entropy_before
+    # Settings that change every stage: each entropy is the one of its own stage's probabilities.
+    changed = reshape(logits, SamplingConfig(temperature=0.7, top_k=50, top_p=0.9))
+    for probs, ent in (
+        (changed.original, changed.entropy_before),
+        (changed.tempered, changed.entropy_tempered),
+        (changed.final, changed.entropy_after),
+    ):
+        log_p = np.abs(np.log(probs[probs > 0]))
+        assert check_close(ent.nats, entropy(probs).nats, 1000, reference=log_p.max(), eps=EPS64).passed
+    assert changed.entropy_after.nats < changed.entropy_tempered.nats < changed.entropy_before.nats
+
+
 @pytest.mark.parametrize("config", [SamplingConfig(temperature=0.0), SamplingConfig(greedy=True, top_k=5)])
 def test_temperature_zero_and_greedy_are_one_hot_on_the_argmax(config):
     logits = _logits(500, 2.0, seed=1)

@@ -1,5 +1,5 @@
-"""Predict, then reveal: the questions that end each model station, drawn with a Reveal button, their
-answers kept per (model, text, question) and a score for the session."""
+"""Predict, then reveal: the questions that end each model station, in an expander computed only when
+opened, drawn with a Reveal button, their answers kept per (model, text, question) and a session score."""
 
 from __future__ import annotations
 
@@ -96,23 +96,45 @@ QUESTIONS: dict[int, Callable] = {1: _tokens, 2: _positions, 3: _attention, 4: _
 # --------------------------------------------------------------------------- drawing
 
 
+OPEN_PREFIX = "quiz_open_"  # + station number: the expander's key, True while it is open
+
+
+@st.cache_resource(show_spinner="Working out the answers…", max_entries=16)
+def _questions(
+    key: str, text: str, n_tokens: int, station: int, _loaded, _trace
+) -> tuple[quiz.Question, ...]:
+    """The station's questions, computed once per model, traced text and station (they are frozen, so
+    every session may share them). A VectorLabError is not cached: it is cheap to raise again."""
+    return tuple(QUESTIONS[station](_loaded, _trace))
+
+
+def questions_for(loaded, trace, station: int) -> tuple[quiz.Question, ...]:
+    """The questions of `station` about this model and text (cached; see `_questions`)."""
+    return _questions(state.model_key(loaded), trace.text, trace.n_tokens, station, loaded, trace)
+
+
 def render_questions(loaded, trace, station: int) -> None:
-    """The station's questions about the current model and text, each answered before it is revealed."""
-    st.divider()
-    st.subheader("Predict, then reveal")
-    st.caption(
-        "Answer from what you expect, then reveal: the answer is computed from the model and text in "
-        "the sidebar, with the numbers behind it."
-    )
-    try:
-        questions = QUESTIONS[station](loaded, trace)
-    except VectorLabError as e:
-        st.info(f"No questions for this text: {e}")
+    """The station's questions about the current model and text, each answered before it is revealed.
+
+    They sit in a closed expander and are computed only once it is opened: some read the whole
+    vocabulary, and a page switch should not wait for questions nobody looked at."""
+    section = st.expander("Predict, then reveal", key=f"{OPEN_PREFIX}{station}", on_change="rerun")
+    if not section.open:
         return
-    for question in questions:
-        _render(loaded, trace, question)
-    tally = score()
-    st.caption(f"Your score this session: {tally.correct} of {tally.answered} answered correctly.")
+    with section:
+        st.caption(
+            "Answer from what you expect, then reveal: the answer is computed from the model and text in "
+            "the sidebar, with the numbers behind it."
+        )
+        try:
+            questions = questions_for(loaded, trace, station)
+        except VectorLabError as e:
+            st.info(f"No questions for this text: {e}")
+            return
+        for question in questions:
+            _render(loaded, trace, question)
+        tally = score()
+        st.caption(f"Your score this session: {tally.correct} of {tally.answered} answered correctly.")
 
 
 def _key(loaded, trace, question: quiz.Question) -> tuple:

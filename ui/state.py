@@ -337,3 +337,62 @@ def live_chart_specs(snapshot, log_scale: bool) -> dict[str, dict]:
     per run and step and shared by every session watching: the live view redraws every second,
     its numbers change once a step."""
     return _live_chart_specs(snapshot.run_id, snapshot.step, log_scale, snapshot)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _next_token(
+    key: str, text: str, n_tokens: int, temperature: float, top_k: int, top_p: float, n: int, _loaded, _trace
+):
+    from core.inspection.sampling import SamplingConfig, reshape, top_entries
+
+    dist = reshape(_trace.last_logits, SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p))
+    strings, _, _ = vocabulary(_loaded)
+    return read_only((dist, top_entries(dist, strings, n=n)))
+
+
+def next_token(loaded, trace, config, n: int):
+    """(the last token's logits reshaped by `config`'s temperature / top-k / top-p, its `n` most likely
+    tokens), once per model, traced text, settings and `n`; arrays read-only: shared by every session."""
+    settings = (float(config.temperature), int(config.top_k), float(config.top_p))
+    return _next_token(model_key(loaded), trace.text, trace.n_tokens, *settings, int(n), loaded, trace)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _nearest_tokens(key: str, token_id: int, k: int, _loaded):
+    from core.inspection.tokens import nearest_tokens as compute
+
+    strings, unit_embeddings, _ = vocabulary(_loaded)
+    return tuple(compute(unit_embeddings, token_id, strings, k=k))
+
+
+def nearest_tokens(loaded, token_id: int, k: int):
+    """The `k` vocabulary rows closest by cosine to row `token_id` (`core.inspection.tokens.
+    nearest_tokens`), once per model, token and k."""
+    return _nearest_tokens(model_key(loaded), int(token_id), int(k), loaded)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _token_map(key: str, token_ids: tuple[int, ...], per_token: int, _loaded):
+    from core.inspection.tokens import neighbourhood_map
+
+    strings, unit_embeddings, embeddings = vocabulary(_loaded)
+    return tuple(neighbourhood_map(unit_embeddings, embeddings, list(token_ids), strings, per_token))
+
+
+def token_map(loaded, token_ids, per_token: int):
+    """The tokens and their neighbours on a shared 2-D PCA map (`core.inspection.tokens.
+    neighbourhood_map`), once per model, token ids and neighbours per token."""
+    return _token_map(model_key(loaded), tuple(int(t) for t in token_ids), int(per_token), loaded)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _qkv_split(key: str, text: str, n_tokens: int, layer: int, _loaded, _trace):
+    from core.inspection.attention import qkv_split as split
+
+    return read_only(split(_loaded, _trace, layer))
+
+
+def qkv_split(loaded, trace, layer: int):
+    """Layer `layer`'s q, k, v recomputed from its input and checked (`core.inspection.attention.qkv_split`),
+    once per model, traced text and layer."""
+    return _qkv_split(model_key(loaded), trace.text, trace.n_tokens, int(layer), loaded, trace)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import streamlit as st
@@ -102,6 +102,16 @@ def show_chart(chart, name: str, container=st) -> None:
         on_click="ignore",
         type="tertiary",
     )
+
+
+def lazy_section(label: str, key: str, draw: Callable[[], None]) -> None:
+    """An expander whose content is drawn only once the reader opens it: opening it reruns the page,
+    so a station switch draws (and computes) only what is in view. Streamlit forgets the open state
+    when the reader leaves the page, so sections come back closed."""
+    section = st.expander(label, key=key, on_change="rerun")
+    if section.open:
+        with section:
+            draw()
 
 
 def check_metric(label: str, check, container=st, value: str | None = None) -> None:

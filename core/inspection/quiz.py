@@ -15,7 +15,7 @@ from core.inspection.positions import PositionEffect
 from core.inspection.sampling import SamplingConfig, reshape
 from core.inspection.tokens import readable
 from core.inspection.trace import Trace
-from core.tolerance import float64_tolerance
+from core.tolerance import float32_tolerance, float64_tolerance
 
 TOP_K_REACHED = 10  # "reaches the top 10": rank 0–9 among the logits
 TOP_P_BINS = ((1, 1), (2, 10), (11, 100), (101, 1000), (1001, None))  # n_kept ranges for the top-p question
@@ -61,6 +61,24 @@ def focus_token(trace: Trace) -> int:
     return trace.n_tokens - 1
 
 
+def _nearest_candidates(unit_embeddings: np.ndarray, token_id: int, n: int) -> np.ndarray:
+    """Ids (ascending) that hold the `n` other rows of highest float64 cosine to row `token_id`, found with
+    one float32 pass over the table instead of a float64 copy of it.
+
+    Each float32 cosine lies within `tol` of its float64 value, so the n-th largest float32 cosine is at
+    most the n-th float64 one + tol, and every row of the float64 top n (ties included) has a float32
+    cosine ≥ that n-th float32 value − 2·tol.
+    """
+    V, d = unit_embeddings.shape
+    if n >= V:
+        return np.arange(V)
+    sims = unit_embeddings @ unit_embeddings[token_id]  # [V], float32
+    sims[token_id] = -np.inf  # the row itself is no neighbour: it must not take one of the n places
+    tol = float32_tolerance(1.0, d)  # unit rows: every product of d terms is at most 1 in size
+    nth = np.partition(sims, V - n)[V - n]
+    return np.flatnonzero(sims >= nth - 2 * tol)
+
+
 def nearest_neighbour_question(
     trace: Trace, unit_embeddings: np.ndarray, strings, distractor_ranks=(25, 250, 2500)
 ) -> Question:
@@ -68,10 +86,14 @@ def nearest_neighbour_question(
     real nearest neighbour and the rows ranked `distractor_ranks` by the same cosine."""
     position = focus_token(trace)
     token_id = int(trace.token_ids[position])
-    sims = unit_embeddings.astype(np.float64) @ unit_embeddings[token_id].astype(np.float64)  # [V]
+    V, d = unit_embeddings.shape
+    ranks = [0] + [min(r, V - 2) for r in distractor_ranks]
+    candidates = _nearest_candidates(unit_embeddings, token_id, max(ranks) + len(ranks))
+    query = unit_embeddings[token_id].astype(np.float64)
+    sims = np.full(V, -np.inf)  # [V], float64 cosines of the candidates, -inf elsewhere
+    sims[candidates] = unit_embeddings[candidates].astype(np.float64) @ query
     sims[token_id] = -np.inf
-    order = np.argsort(-sims, kind="stable")
-    ranks = [0] + [min(r, len(order) - 2) for r in distractor_ranks]
+    order = candidates[np.argsort(-sims[candidates], kind="stable")]  # ties: lower id first
     picked: list[int] = []
     for r in ranks:
         while int(order[r]) in picked:
@@ -89,7 +111,7 @@ def nearest_neighbour_question(
         f"(id {token_id})?",
         options=tuple(labels[j] for j in shown),
         answer=shown.index(0),
-        explanation=f"'{labels[0]}' is the nearest of all {len(order) - 1:,} other rows, at cosine "
+        explanation=f"'{labels[0]}' is the nearest of all {V - 1:,} other rows, at cosine "
         f"{sims[picked[0]]:.3f}.",
         evidence=tuple((f"cos('{piece}', '{labels[j]}')", f"{sims[picked[j]]:.4f}") for j in shown),
     )

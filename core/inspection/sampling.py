@@ -181,7 +181,10 @@ def reshape_torch(logits: torch.Tensor, config: SamplingConfig) -> Reshaped:
         kept[top] = True
         return Reshaped(log_original, one_hot, kept, one_hot, top)
 
-    log_tempered = torch.log_softmax(x / config.temperature, dim=-1)
+    # x / 1 == x exactly, so temperature 1 reuses the model's own distribution.
+    log_tempered = (
+        log_original if config.temperature == 1.0 else torch.log_softmax(x / config.temperature, dim=-1)
+    )
     if 0 < config.top_k < x.numel():
         kth = torch.topk(log_tempered, config.top_k).values[-1]
         kept = log_tempered >= kth  # ties with the k-th survive, as in HF's TopKLogitsWarper
@@ -248,15 +251,28 @@ def reshape(logits, config: SamplingConfig | None = None) -> Distribution:
     config = config or SamplingConfig()
     # A copy: cached logits are read-only, and torch warns on (and must not write into) those.
     r = reshape_torch(logits.clone() if torch.is_tensor(logits) else torch.tensor(np.asarray(logits)), config)
+    # Stages the settings left unchanged are the same tensor: exponentiate each distinct one once.
+    original = r.log_original.exp()
+    tempered = original if r.log_tempered is r.log_original else r.log_tempered.exp()
+    final = tempered if r.log_final is r.log_tempered else r.log_final.exp()
+    entropy_before = Entropy.from_nats(entropy_of_log(r.log_original, original))
+    entropy_tempered = (
+        entropy_before
+        if tempered is original
+        else Entropy.from_nats(entropy_of_log(r.log_tempered, tempered))
+    )
+    entropy_after = (
+        entropy_tempered if final is tempered else Entropy.from_nats(entropy_of_log(r.log_final, final))
+    )
     return Distribution(
         config=config,
-        original=_np(r.log_original.exp()),
-        tempered=_np(r.log_tempered.exp()),
+        original=_np(original),
+        tempered=_np(tempered),
         kept=_np(r.kept),
-        final=_np(r.log_final.exp()),
-        entropy_before=Entropy.from_nats(entropy_of_log(r.log_original)),
-        entropy_tempered=Entropy.from_nats(entropy_of_log(r.log_tempered)),
-        entropy_after=Entropy.from_nats(entropy_of_log(r.log_final)),
+        final=_np(final),
+        entropy_before=entropy_before,
+        entropy_tempered=entropy_tempered,
+        entropy_after=entropy_after,
     )
 
 

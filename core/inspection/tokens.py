@@ -87,13 +87,14 @@ def neighbourhood_map(
         meta.append(("sentence", strings[anchor]))
         seen.add(anchor)
     if neighbours_per_token > 0:
-        # One [V, A] product instead of A passes over the whole table (it is read from memory once).
-        sims = unit_embeddings @ unit_embeddings[anchors].T
-        sims[anchors, np.arange(len(anchors))] = -np.inf  # a token is not its own neighbour
-        k = min(neighbours_per_token, len(sims) - 1)
-        top = np.argpartition(-sims, k - 1, axis=0)[:k]  # [k, A]
+        # One [A, V] product instead of A passes over the whole table (it is read from memory once);
+        # each anchor's similarities are one contiguous row, so the partition below walks memory in order.
+        sims = unit_embeddings[anchors] @ unit_embeddings.T
+        sims[np.arange(len(anchors)), anchors] = -np.inf  # a token is not its own neighbour
+        k = min(neighbours_per_token, sims.shape[1] - 1)
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # [A, k]
         for a, anchor in enumerate(anchors):
-            for token_id in top[np.argsort(-sims[top[:, a], a], kind="stable"), a]:
+            for token_id in top[a, np.argsort(-sims[a, top[a]], kind="stable")]:
                 if int(token_id) not in seen:
                     seen.add(int(token_id))
                     rows.append(int(token_id))
