@@ -21,7 +21,7 @@ from test_pages import ROOT, TIMEOUT, app_test, assert_clean, metrics
 from core import paths
 from core.errors import DataDirError, ModelLoadError
 from core.model.loading import directory_identity, hub_identity, load_model
-from core.model.store import ModelStore
+from core.model.store import LOAD_SWITCH_INTERVAL_S, ModelStore
 from core.training.checkpoints import save_checkpoint
 from ui import state
 
@@ -450,6 +450,29 @@ def test_the_store_drops_the_least_recently_used_model():
     store.get("B")
     assert loader.calls == ["A", "B", "C", "B"]
     assert store.cached_specs() == ["C", "B"]
+
+
+@pytest.fixture
+def switch_interval():
+    """Restores the interpreter's switch interval (a process-wide setting) after the test."""
+    before = sys.getswitchinterval()
+    yield
+    sys.setswitchinterval(before)
+
+
+@pytest.mark.parametrize("interval", [0.005, LOAD_SWITCH_INTERVAL_S / 2])
+def test_a_load_runs_with_the_short_switch_interval_and_never_lengthens_it(switch_interval, interval):
+    sys.setswitchinterval(interval)
+    seen = []
+
+    def loader(spec, progress=None):
+        seen.append(sys.getswitchinterval())  # in the load's own thread, while it loads
+        return _fake_model(spec)
+
+    ModelStore(loader=loader).get("A")
+    expected = min(interval, LOAD_SWITCH_INTERVAL_S)
+    assert seen == [pytest.approx(expected, rel=1e-3)]  # the interpreter keeps it in whole microseconds
+    assert sys.getswitchinterval() == pytest.approx(expected, rel=1e-3)
 
 
 # ---------------------------------------------------------------- loading in the background
