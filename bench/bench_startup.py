@@ -3,12 +3,10 @@
     python bench/bench_startup.py [--repeat 3] [--model bundled-smollm2]
 
 (a) The landing page: Vector Lab's against a bare one-line Streamlit app's, each from the launch of
-the server to the page drawn (script run over, heading on screen), interleaved, a fresh server each
-time. (b) The first station opened on a cold server (its URL as the first visit: the model loads, the
-text is traced, the page drawn) against what that needs at the least, in a fresh Python process:
-import torch and transformers, load the same model, one forward pass of the same text. Vector Lab is
-started both as `make run` starts it (`python serve.py`: the default model starts loading with the
-server) and with `streamlit run app.py` (the model starts loading on the first visit).
+`streamlit run` to the page drawn (script run over, heading on screen), interleaved, a fresh server
+each time. (b) The first station opened on a cold server (its URL as the first visit: the model loads,
+the text is traced, the page drawn) against what that needs at the least, in a fresh Python process:
+import torch and transformers, load the same model, one forward pass of the same text.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.browser import SERVE, Server, launch_chromium, open_when_up, wait_drawn  # noqa: E402
+from bench.browser import Server, launch_chromium, open_when_up, wait_drawn  # noqa: E402
 from ui.state import DEFAULT_TEXT  # noqa: E402
 from ui.stations import STATIONS  # noqa: E402
 
@@ -90,27 +88,19 @@ def main() -> None:
         bare.write_text(BARE_APP)
         env = {"VECTORLAB_MODEL": args.model, "VECTORLAB_DATA_DIR": str(Path(tmp) / "data")}
         browser = launch_chromium(p)
-        bare_row = "bare one-line Streamlit app"
-        # Vector Lab as `make run` starts it (python serve.py: the default model starts loading with the
-        # server) and as `streamlit run app.py` (the model starts loading on the first visit).
-        launchers = {"`make run` (serve.py)": SERVE, "`streamlit run app.py`": "app.py"}
-        landing: dict[str, list[float]] = {bare_row: [], **{f"Vector Lab, {n}": [] for n in launchers}}
-        plain = PLAIN
-        station: dict[str, list[float]] = {plain: []}
-        station |= {f"station {STATIONS[0].number} opened first, {n}": [] for n in launchers}
-        heading = f"{STATIONS[0].number} ·"
+        landing: dict[str, list[float]] = {"bare one-line Streamlit app": [], "Vector Lab landing page": []}
+        plain, first = PLAIN, f"station {STATIONS[0].number} opened first on a cold server"
+        station: dict[str, list[float]] = {plain: [], first: []}
         for i in range(args.repeat):  # interleaved so machine drift hits every row alike
             with Server(bare) as server:
-                landing[bare_row].append(page_drawn(browser, server, "", "hello"))
-            for name, script in launchers.items():
-                with Server(script, env, log=Path(tmp) / f"landing{i}.log") as server:
-                    seconds = page_drawn(browser, server, "", "Vector Lab", ("a", LAST_STATION))
-                    landing[f"Vector Lab, {name}"].append(seconds)
+                landing["bare one-line Streamlit app"].append(page_drawn(browser, server, "", "hello"))
+            with Server("app.py", env, log=Path(tmp) / f"landing{i}.log") as server:
+                seconds = page_drawn(browser, server, "", "Vector Lab", ("a", LAST_STATION))
+                landing["Vector Lab landing page"].append(seconds)
             station[plain].append(plain_load_and_forward(args.model, DEFAULT_TEXT))
-            for name, script in launchers.items():
-                with Server(script, env, log=Path(tmp) / f"station{i}.log") as server:
-                    seconds = page_drawn(browser, server, station_path(), heading)
-                    station[f"station {STATIONS[0].number} opened first, {name}"].append(seconds)
+            with Server("app.py", env, log=Path(tmp) / f"station{i}.log") as server:
+                heading = f"{STATIONS[0].number} ·"
+                station[first].append(page_drawn(browser, server, station_path(), heading))
             print(f"repeat {i + 1}/{args.repeat} done", file=sys.stderr, flush=True)
         browser.close()
     for title, runs in (("landing page", landing), ("first station", station)):

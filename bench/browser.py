@@ -34,12 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-SERVE = ROOT / "serve.py"  # what `make run` runs: the default model starts loading with the server
-
-
 class Server:
-    """`streamlit run <script>` on a free loopback port, its process group ended by `stop`; with
-    `script=SERVE`, `python serve.py` (Vector Lab as `make run` starts it).
+    """`streamlit run <script>` on a free loopback port, its process group ended by `stop`.
 
     `launched` is the perf_counter reading just before the process started: start-up figures count
     from there (Python, Streamlit and the app's imports included)."""
@@ -49,14 +45,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log or os.devnull, "w")  # noqa: SIM115 - closed in stop()
         self.launched = time.perf_counter()
-        start = (
-            [sys.executable, str(SERVE)]
-            if Path(script) == SERVE
-            else [sys.executable, "-m", "streamlit", "run", str(script)]
-        )
         self.proc = subprocess.Popen(
-            start
-            + ["--server.port", str(self.port)]
+            [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(self.port)]
             + ["--server.address", "127.0.0.1", "--server.headless", "true"],
             cwd=ROOT,
             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
@@ -138,3 +128,9 @@ def wait_run_over(page, timeout_ms: float = TIMEOUT_MS) -> float:
 
 def click_station(page, title: str) -> None:
     page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
+
+
+def wait_idle(page, timeout_ms: float = 5000) -> float:
+    """Wait until the browser's main thread is idle (charts rendered, nothing queued); perf_counter then."""
+    page.evaluate("(t) => new Promise((done) => requestIdleCallback(() => done(), {timeout: t}))", timeout_ms)
+    return time.perf_counter()

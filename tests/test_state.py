@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import errno
-import os
 import re
 import subprocess
 import sys
@@ -710,39 +709,3 @@ def test_cached_arrays_shared_by_sessions_are_read_only(tiny_gpt2):
         patterns.previous[0, 0] = 0.0
     # Marked through views: the model's own weights stay trainable.
     assert tiny_gpt2.model.get_input_embeddings().weight.detach().numpy().flags.writeable
-
-
-SERVE_SPY = """
-import sys, threading
-import streamlit.web.cli as cli
-from core.model.store import shared_store
-
-seen = {}
-
-def fake_main():  # stands in for Streamlit's CLI: what serve.py has done by the time the server starts
-    seen["argv"] = sys.argv[1:3]
-    seen["loading"] = [t.name for t in threading.enumerate() if t.name.startswith("load ")]
-
-cli.main = fake_main
-sys.argv = ["serve.py", "--server.port", "1"]
-import serve
-serve.main()
-print(seen["argv"], seen["loading"])
-print(shared_store().get(serve_spec).info.n_layer)
-"""
-
-
-def test_serve_starts_the_default_models_load_before_the_server(tiny_gpt2_dir):
-    """`make run` (serve.py) begins loading VECTORLAB_MODEL in the shared store, in a background
-    thread, and then hands app.py to Streamlit's `run`; the page's sessions get that same load."""
-    spec = str(tiny_gpt2_dir)
-    code = SERVE_SPY.replace("serve_spec", repr(spec))
-    env = {**os.environ, "VECTORLAB_MODEL": spec, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    argv, loading = result.stdout.strip().splitlines()[-2].split("] [")
-    assert argv == f"['run', '{ROOT / 'app.py'}'"
-    assert loading == f"'load {spec}']"
-    assert result.stdout.strip().splitlines()[-1] == "2"  # the tiny model, from the load serve.py began

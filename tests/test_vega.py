@@ -102,9 +102,14 @@ def test_spec_is_altairs_own_with_data_named_by_content():
     assert spec["data"] == {"name": name}
     inline = pd.DataFrame(next(iter(plain["datasets"].values())))
     pd.testing.assert_frame_equal(frame.reset_index(drop=True), inline, check_dtype=False)
-    strip = ("data", "datasets", "config", "$schema")
+    strip = ("data", "datasets", "config", "$schema", "usermeta")
     assert {k: v for k, v in spec.items() if k not in strip} == {
         k: v for k, v in plain.items() if k not in strip
     }
     again = to_vega_lite(charts.bars.uncached(["a", "b", "c"], [0.5, 0.25, 0.125], title="bars"))
     assert list(again["datasets"]) == [name]  # the same numbers get the same name
+
+
+def test_charts_are_drawn_on_a_canvas():
+    spec = to_vega_lite(charts.heatmap(np.eye(3, dtype=np.float32)))
+    assert spec["usermeta"]["embedOptions"]["renderer"] == "canvas"

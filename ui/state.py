@@ -112,8 +112,7 @@ def result_is_stale(name: str, key: tuple) -> bool:
 def _store() -> ModelStore:
     """Loaded models shared by every session (`core.model.store.shared_store`), each loaded in a
     background thread: a page that needs no model draws while the model loads, and a page that needs it
-    shows the load's progress while it waits. `serve.py` starts the default model's load in this same
-    store before the server is up."""
+    shows the load's progress while it waits."""
     return shared_store()
 
 

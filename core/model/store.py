@@ -176,8 +176,7 @@ def default_spec() -> str:
 
 
 def shared_store() -> ModelStore:
-    """The process's one store, shared by every browser session (and by `serve.py`, which starts the
-    default model's load in it before the server is up)."""
+    """The process's one store, shared by every browser session."""
     global _shared
     with _shared_lock:
         if _shared is None:

@@ -155,6 +155,10 @@ def to_vega_lite(chart) -> dict:
         with alt.theme.enable("none"), alt.data_transformers.enable("vectorlab_named", datasets=datasets):
             spec = chart.to_dict(validate=False)
     spec["datasets"] = {**spec.get("datasets", {}), **datasets}
+    # Drawn on a canvas, not as SVG: a heatmap is thousands of cells, and as SVG each is a DOM node the
+    # browser must style and lay out on every page switch. Saved SVGs (to_svg) are rendered apart.
+    usermeta = spec.setdefault("usermeta", {})
+    usermeta["embedOptions"] = {**usermeta.get("embedOptions", {}), "renderer": "canvas"}
     try:
         object.__setattr__(chart, SPEC_ATTR, spec)
     except AttributeError:  # a chart type that refuses new attributes: converted again next time
