@@ -13,6 +13,8 @@ from ui import quiz, state
 from ui.sidebar import render_sidebar
 from ui.widgets import downloads, show_chart
 
+ROWS_SHOWN = 16  # heatmap rows at a time: each cell is drawn by the browser on every visit
+
 st.title("1 · Tokens & token embeddings")
 st.markdown(
     "**What happens.** The tokenizer cuts the text into byte-pair-encoding (BPE) pieces and gives each "
@@ -47,9 +49,14 @@ if gpt2.ids != mine.ids:
 st.subheader("Their embedding rows")
 T, d = trace.token_embeddings.shape
 left, right = st.columns(2)
-max_rows = min(T, 64)
+max_rows = min(T, ROWS_SHOWN)
 start = (
-    left.number_input("First token", 0, T - 1, **state.persist("tok_rows_start", 0, allowed=range(T)))
+    left.number_input(
+        f"First token ({ROWS_SHOWN} rows at a time)",
+        0,
+        T - 1,
+        **state.persist("tok_rows_start", 0, allowed=range(T)),
+    )
     if T > max_rows
     else 0
 )

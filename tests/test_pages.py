@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -447,3 +448,23 @@ def test_output_page_single_token_has_no_perplexity(tiny_gpt2_dir):
     assert_clean(at)
     assert any(m.value.startswith("The text is a single token") for m in at.markdown)
     assert "Perplexity" not in metrics(at)
+
+
+def test_tokens_page_shows_embedding_rows_a_window_at_a_time(tiny_gpt2_dir):
+    """A long text's embedding rows are drawn 16 tokens at a time; the window moves with the "First
+    token" box and the heatmap's rows are exactly the tokens in it."""
+    text = " ".join(f"word{i}" for i in range(30))
+    at = app_test("pages/1_tokens.py", str(tiny_gpt2_dir), text).run()
+    assert_clean(at)
+    n_tokens = int(metrics(at)["Tokens"])
+    assert n_tokens > 16
+
+    def heatmap_rows() -> list[str]:
+        return json.loads(at.get("vega_lite_chart")[0].proto.spec)["encoding"]["y"]["sort"]
+
+    box = at.number_input(key="tok_rows_start")
+    assert box.label == "First token (16 rows at a time)" and box.value == 0
+    assert len(heatmap_rows()) == 16
+    box.set_value(n_tokens - 5).run()
+    assert_clean(at)
+    assert len(heatmap_rows()) == 5  # the last five tokens
