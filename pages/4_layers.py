@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core.inspection.layers import layer_labels as lens_layer_labels
-from core.inspection.layers import norm_effect, residual_stats
+from core.inspection.layers import lens_top_columns, norm_effect, residual_stats
 from core.inspection.tokens import readable
 from core.views import charts
 from ui import quiz, state
@@ -136,18 +136,7 @@ def draw_lens() -> None:
         **state.persist("lens_token", len(lens.positions) - 1, allowed=range(len(lens.positions))),
     )
     check_metric("Check: last layer vs the model's output", lens.final_check, container=c2)
-    table = pd.DataFrame(
-        {
-            "layer": layer_labels,
-            **{
-                f"top {j + 1}": [
-                    f"{strings[lens.top_ids[ell, pick, j]]}  ({lens.top_probs[ell, pick, j]:.1%})"
-                    for ell in range(len(layer_labels))
-                ]
-                for j in range(lens.top_ids.shape[-1])
-            },
-        }
-    )
+    table = pd.DataFrame({"layer": layer_labels, **lens_top_columns(lens, strings, pick)})
     if lens.target_ids[pick] >= 0:
         table["p(actual next)"] = lens.target_prob[:, pick]
         table["ln p(actual next)"] = lens.target_logprob[:, pick]  # stays finite where p underflows to 0

@@ -10,7 +10,7 @@ from streamlit.errors import StreamlitAPIException
 
 from core.errors import VectorLabError
 from core.inspection.journey import attention_stop, embedding_stop, final_stop, residual_stop
-from core.inspection.layers import layer_labels
+from core.inspection.layers import layer_labels, lens_top_columns
 from core.inspection.tokens import readable
 from core.tolerance import check_within, float32_tolerance
 from core.views import charts
@@ -155,18 +155,7 @@ explained_in(4)
 # ---------------------------------------------------------------- 6. logit lens
 st.subheader("6 · What each depth would predict: softmax(W_U · norm(x_ℓ))")
 lens = state.logit_lens(loaded, trace, [position])
-lens_table = pd.DataFrame(
-    {
-        "depth": depths,
-        **{
-            f"top {j + 1}": [
-                f"{strings[lens.top_ids[ell, 0, j]]}  ({lens.top_probs[ell, 0, j]:.1%})"
-                for ell in range(len(depths))
-            ]
-            for j in range(lens.top_ids.shape[-1])
-        },
-    }
-)
+lens_table = pd.DataFrame({"depth": depths, **lens_top_columns(lens, strings, 0)})
 if lens.target_ids[0] >= 0:
     lens_table[f"rank of '{strings[lens.target_ids[0]]}' (real next)"] = lens.target_rank[:, 0]
 st.dataframe(lens_table, hide_index=True, width="stretch")

@@ -65,6 +65,18 @@ class LogitLens:
 MAX_LENS_POSITIONS = 64  # (L+1)·P·V logits are computed; more would take seconds on a CPU
 
 
+def lens_top_columns(lens: LogitLens, strings, position_index: int) -> dict[str, list[str]]:
+    """The lens's top-k at one of its positions as table columns: "top j" → "piece  (p%)" per depth."""
+    depths = range(lens.top_ids.shape[0])
+    return {
+        f"top {j + 1}": [
+            f"{strings[lens.top_ids[ell, position_index, j]]}  ({lens.top_probs[ell, position_index, j]:.1%})"
+            for ell in depths
+        ]
+        for j in range(lens.top_ids.shape[-1])
+    }
+
+
 def rank_of_targets(logits, targets) -> np.ndarray:
     """Rank of each row's target among its logits: the number of tokens with a strictly larger logit.
 
