@@ -99,33 +99,6 @@ def wait_drawn(page, text: str, selector: str = "h1", timeout_ms: float = TIMEOU
     return time.perf_counter()
 
 
-# Records every change of the app's script-run state from now on, in order.
-_WATCH = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  if (window.__vlWatch) window.__vlWatch.disconnect();
-  window.__vlRuns = [];
-  window.__vlWatch = new MutationObserver(
-    () => window.__vlRuns.push(app.getAttribute('data-test-script-state')));
-  window.__vlWatch.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
-}"""
-_RUN_OVER = """() => {
-  const runs = window.__vlRuns || [];
-  const started = runs.indexOf('running');
-  return started >= 0 && runs.slice(started).includes('notRunning');
-}"""
-
-
-def watch_runs(page) -> None:
-    """Start recording script runs; call just before an action that reruns the page."""
-    page.evaluate(_WATCH)
-
-
-def wait_run_over(page, timeout_ms: float = TIMEOUT_MS) -> float:
-    """Wait until a run recorded since `watch_runs` has started and ended; perf_counter then."""
-    page.wait_for_function(_RUN_OVER, timeout=timeout_ms, polling="raf")
-    return time.perf_counter()
-
-
 def click_station(page, title: str) -> None:
     page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
 
