@@ -251,21 +251,6 @@ class Chunker:
             last_page=document.page_at(end - 1),
         )
         return replace(chunk, n_tokens=self.count_tokens(chunk.embedding_text))
-        piece = document.text[start:end]
-        if True:
-            chunk = Chunk(
-                doc_name=document.name,
-                doc_hash=document.content_hash,
-                index=index,
-                char_start=start,
-                char_end=end,
-                text=piece,
-                n_tokens=0,
-                heading_path=path,
-                page=document.page_at(start),
-                last_page=document.page_at(end - 1),
-            )
-        return replace(chunk, n_tokens=self.count_tokens(chunk.embedding_text))
 
 
 @dataclass(frozen=True)
