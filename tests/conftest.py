@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from test_families import BUILDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,6 +21,22 @@ def _offline_and_isolated(tmp_path_factory):
     os.environ["STREAMLIT_CLIENT_SHOW_ERROR_DETAILS"] = "full"
     os.environ.setdefault("VECTORLAB_DATA_DIR", str(tmp_path_factory.mktemp("vectorlab-data")))
     yield
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """GPT-2's real tokenizer (the tiny models use its vocabulary)."""
+    from core.model.loading import gpt2_tokenizer
+
+    return gpt2_tokenizer()
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def family_model(request, tokenizer):
+    """One tiny seeded model of every registered family, shared by a test module."""
+    from core.model.loading import wrap
+
+    return wrap(BUILDERS[request.param](len(tokenizer)), tokenizer, spec=request.param, name=request.param)
 
 
 def _tiny_gpt2():

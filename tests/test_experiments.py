@@ -10,7 +10,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from test_families import BUILDERS
 from test_pages import app_test, assert_clean, check_shown_passed, metrics
 
 from core.errors import InputError, SettingsError
@@ -18,7 +17,6 @@ from core.experiments.ablation import MEAN, ZERO, ablation, ablation_sweep, head
 from core.experiments.compare import PRE, Intervention, applied, captured, compare
 from core.experiments.patching import SITES, PatchSweep, patch, patch_from, patch_sweep, prepare
 from core.model.families import HOOK_ATTN, HOOK_HEADS, model_parts
-from core.model.loading import gpt2_tokenizer, wrap
 from core.tolerance import check_close, check_within, float32_tolerance, log_softmax_tolerance
 from core.views.experiment_charts import comparison_frame, grid_heatmap
 from ui import state
@@ -33,16 +31,6 @@ CLEAN = "The cat sat on the mat and"
 CORRUPTED = "The dog ran to the mat and"
 # A random tiny model gives both prompts the same top-1, so its tests name two answers.
 ANSWERS = {"clean_answer": 3797, "corrupted_answer": 3290}  # GPT-2 BPE ids of " cat" and " dog"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
-
-
-@pytest.fixture(scope="module", params=sorted(BUILDERS))
-def family_model(request, tokenizer):
-    return wrap(BUILDERS[request.param](len(tokenizer)), tokenizer, spec=request.param, name=request.param)
 
 
 def _no_hooks_left(loaded) -> bool:

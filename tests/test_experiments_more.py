@@ -62,16 +62,6 @@ TOWARD, AWAY = ("I love this", "What a day"), ("I hate this", "What a mess")
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
-
-
-@pytest.fixture(scope="module", params=sorted(BUILDERS))
-def family_model(request, tokenizer):
-    return wrap(BUILDERS[request.param](len(tokenizer)), tokenizer, spec=request.param, name=request.param)
-
-
-@pytest.fixture(scope="module")
 def gpt2_vocab(tokenizer):
     loaded = wrap(BUILDERS["gpt2"](len(tokenizer)), tokenizer, spec="gpt2", name="gpt2")
     matrix = embedding_matrix(loaded.model)
