@@ -4,6 +4,7 @@ keeps results across reruns keyed by the model's identity and their inputs."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Container
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from core.errors import DataDirError, VectorLabError
-from core.model.store import ModelStore, default_spec, shared_store
+from core.model.store import ModelStore
 
 # Session-state keys shared by every page. The values live under plain keys; widgets get their own
 # keys and copy into these on change (see `persist`), because Streamlit drops a widget's state on
@@ -30,6 +31,10 @@ PERSIST_PREFIX = "vl_kept_"  # + widget key: the remembered value of a widget dr
 
 DEFAULT_TEXT = "The capital of France is Paris, and the capital of Italy is"
 MAX_TEXT_CHARS = 20_000  # longer pasted text is cut (the trace keeps 512 tokens anyway)
+
+
+def default_spec() -> str:
+    return os.environ.get("VECTORLAB_MODEL", "auto").strip() or "auto"
 
 
 def init_state() -> None:
@@ -109,11 +114,12 @@ def result_is_stale(name: str, key: tuple) -> bool:
 # --------------------------------------------------------------------------- the model
 
 
+@st.cache_resource(show_spinner=False)
 def _store() -> ModelStore:
-    """Loaded models shared by every session (`core.model.store.shared_store`), each loaded in a
-    background thread: a page that needs no model draws while the model loads, and a page that needs it
-    shows the load's progress while it waits."""
-    return shared_store()
+    """Loaded models shared by every session (`core.model.store.ModelStore`), each loaded in a background
+    thread. Not `st.cache_resource` on the loader itself: a page that needs no model draws while the
+    model loads, and a page that needs it shows the load's progress while it waits."""
+    return ModelStore()
 
 
 def model_status():

@@ -5,7 +5,6 @@ files changed on disk."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -160,25 +159,6 @@ class ModelStore:
 
 def _share_the_interpreter() -> None:
     """Shorten the interpreter's switch interval to LOAD_SWITCH_INTERVAL_S (never lengthen it): set
-    for the whole process, once, before the first load thread starts."""
+    for the whole process, before a load thread starts."""
     if sys.getswitchinterval() > LOAD_SWITCH_INTERVAL_S:
         sys.setswitchinterval(LOAD_SWITCH_INTERVAL_S)
-
-
-MODEL_ENV = "VECTORLAB_MODEL"  # the model every new session starts with ("auto" when unset)
-
-_shared: ModelStore | None = None
-_shared_lock = threading.Lock()
-
-
-def default_spec() -> str:
-    return os.environ.get(MODEL_ENV, "auto").strip() or "auto"
-
-
-def shared_store() -> ModelStore:
-    """The process's one store, shared by every browser session."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = ModelStore()
-        return _shared
