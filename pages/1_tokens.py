@@ -11,7 +11,7 @@ from core.views import charts
 from core.views.token_html import pieces_html
 from ui import quiz, state
 from ui.sidebar import render_sidebar
-from ui.widgets import downloads, show_chart
+from ui.widgets import downloads, lazy_section, show_chart
 
 ROWS_SHOWN = 16  # heatmap rows at a time: each cell is drawn by the browser on every visit
 
@@ -143,12 +143,7 @@ def draw_map() -> None:
     )
 
 
-map_section = st.expander(
-    "A 2-D map of the sentence among its neighbours", key=MAP_SECTION, on_change="rerun"
-)
-if map_section.open:
-    with map_section:
-        draw_map()
+lazy_section("A 2-D map of the sentence among its neighbours", MAP_SECTION, draw_map)
 
 # ---------------------------------------------------------------- predict, then reveal
 quiz.render_questions(loaded, trace, station=1)

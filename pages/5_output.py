@@ -18,7 +18,7 @@ from core.views.output_charts import (
 )
 from ui import quiz, state
 from ui.sidebar import render_sidebar
-from ui.widgets import check_metric, downloads, show_chart
+from ui.widgets import check_metric, downloads, lazy_section, show_chart
 
 st.title("5 · Output softmax")
 st.markdown(
@@ -92,16 +92,37 @@ elif dist.n_kept < dist.vocab_size:
         "token's final probability is its tempered probability divided by the kept mass."
     )
 # Secondary material sits in sections drawn only once opened: each one opened reruns the page.
-downloads_section = st.expander("Download these probabilities", key="out_exp_download", on_change="rerun")
-if downloads_section.open:
-    with downloads_section:
-        downloads(
-            "next_token_probabilities",
-            pd.DataFrame([e.__dict__ for e in entries]).drop(columns=["text"]).to_numpy(dtype=float),
-            [e.text for e in entries],
-            ["token_id", "p_original", "p_tempered", "p_final", "kept"],
-            key="out_dist",
+lazy_section(
+    "Download these probabilities",
+    "out_exp_download",
+    lambda: downloads(
+        "next_token_probabilities",
+        pd.DataFrame([e.__dict__ for e in entries]).drop(columns=["text"]).to_numpy(dtype=float),
+        [e.text for e in entries],
+        ["token_id", "p_original", "p_tempered", "p_final", "kept"],
+        key="out_dist",
+    ),
+)
+
+
+def draw_step(result) -> None:
+    """One generated step's distribution, picked with a slider."""
+    step_index = (
+        st.slider(
+            "Inspect step", 0, result.n_new - 1, **state.persist("gen_step", 0, allowed=range(result.n_new))
         )
+        if result.n_new > 1
+        else 0
+    )
+    step = result.steps[step_index]
+    st.markdown(
+        f"Step {step.step}: chose **{step.text!r}** with p = {step.prob:.3f} "
+        f"(the model's own p = {step.prob_model:.3f}; {step.n_kept:,} tokens were in the running)."
+    )
+    show_chart(
+        distribution_chart(list(step.candidates), title=f"Step {step.step}'s distribution"), "output_3"
+    )
+
 
 # ---------------------------------------------------------------- generation
 st.subheader("Generate, one step at a time")
@@ -141,48 +162,27 @@ if result is not None:
         + (" — stopped at end-of-sequence." if result.stopped_at_eos else ".")
     )
     show_chart(entropy_chart(result, title="Entropy of each step's distribution"), "output_2")
-    inspect = st.expander("Inspect one step's distribution", key="out_exp_step", on_change="rerun")
-    if inspect.open:
-        with inspect:
-            step_index = (
-                st.slider(
-                    "Inspect step",
-                    0,
-                    result.n_new - 1,
-                    **state.persist("gen_step", 0, allowed=range(result.n_new)),
-                )
-                if result.n_new > 1
-                else 0
-            )
-            step = result.steps[step_index]
-            st.markdown(
-                f"Step {step.step}: chose **{step.text!r}** with p = {step.prob:.3f} "
-                f"(the model's own p = {step.prob_model:.3f}; {step.n_kept:,} tokens were in the running)."
-            )
-            show_chart(
-                distribution_chart(list(step.candidates), title=f"Step {step.step}'s distribution"),
-                "output_3",
-            )
+    lazy_section("Inspect one step's distribution", "out_exp_step", lambda: draw_step(result))
 elif state.result_is_stale(state.GENERATION, gen_key):
     st.caption("The model, the text or the settings changed since the last generation; press Generate again.")
 
+
 # ---------------------------------------------------------------- surprisal
-surprise = st.expander(
-    "How surprised was the model by your text?", key="out_exp_surprisal", on_change="rerun"
-)
-if surprise.open:
-    with surprise:
-        s = surprisal(trace)
-        st.markdown(s.message)
-        if s.perplexity is not None:
-            c1, c2 = st.columns(2)
-            c1.metric("Mean surprisal", f"{s.mean_bits:.2f} bits/token")
-            c2.metric("Perplexity", f"{s.perplexity:.2f}")
-            show_chart(
-                surprisal_chart(s, title="Surprisal of each token, −log₂ p(token | earlier tokens)"),
-                "output_4",
-            )
-            downloads("surprisal_bits", s.bits, list(s.pieces), key="out_surprisal")
+def draw_surprisal() -> None:
+    s = surprisal(trace)
+    st.markdown(s.message)
+    if s.perplexity is not None:
+        c1, c2 = st.columns(2)
+        c1.metric("Mean surprisal", f"{s.mean_bits:.2f} bits/token")
+        c2.metric("Perplexity", f"{s.perplexity:.2f}")
+        show_chart(
+            surprisal_chart(s, title="Surprisal of each token, −log₂ p(token | earlier tokens)"),
+            "output_4",
+        )
+        downloads("surprisal_bits", s.bits, list(s.pieces), key="out_surprisal")
+
+
+lazy_section("How surprised was the model by your text?", "out_exp_surprisal", draw_surprisal)
 
 # ---------------------------------------------------------------- predict, then reveal
 quiz.render_questions(loaded, trace, station=5)

@@ -15,6 +15,7 @@ from core.inspection import quiz
 from core.inspection.attention import head_patterns
 from core.inspection.layers import layer_labels, residual_stats
 from ui import state
+from ui.widgets import lazy_section
 
 ANSWER_PREFIX = "vl_quiz_"  # + question id: the learner's revealed answer (kept with keep_result)
 SCORE = "vl_quiz_score"  # the session's tally over every model, text and question
@@ -118,23 +119,23 @@ def render_questions(loaded, trace, station: int) -> None:
 
     They sit in a closed expander and are computed only once it is opened: some read the whole
     vocabulary, and a page switch should not wait for questions nobody looked at."""
-    section = st.expander("Predict, then reveal", key=f"{OPEN_PREFIX}{station}", on_change="rerun")
-    if not section.open:
+    lazy_section("Predict, then reveal", f"{OPEN_PREFIX}{station}", lambda: _draw(loaded, trace, station))
+
+
+def _draw(loaded, trace, station: int) -> None:
+    st.caption(
+        "Answer from what you expect, then reveal: the answer is computed from the model and text in "
+        "the sidebar, with the numbers behind it."
+    )
+    try:
+        questions = questions_for(loaded, trace, station)
+    except VectorLabError as e:
+        st.info(f"No questions for this text: {e}")
         return
-    with section:
-        st.caption(
-            "Answer from what you expect, then reveal: the answer is computed from the model and text in "
-            "the sidebar, with the numbers behind it."
-        )
-        try:
-            questions = questions_for(loaded, trace, station)
-        except VectorLabError as e:
-            st.info(f"No questions for this text: {e}")
-            return
-        for question in questions:
-            _render(loaded, trace, question)
-        tally = score()
-        st.caption(f"Your score this session: {tally.correct} of {tally.answered} answered correctly.")
+    for question in questions:
+        _render(loaded, trace, question)
+    tally = score()
+    st.caption(f"Your score this session: {tally.correct} of {tally.answered} answered correctly.")
 
 
 def _key(loaded, trace, question: quiz.Question) -> tuple:
