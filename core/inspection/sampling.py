@@ -251,18 +251,19 @@ def reshape(logits, config: SamplingConfig | None = None) -> Distribution:
     config = config or SamplingConfig()
     # A copy: cached logits are read-only, and torch warns on (and must not write into) those.
     r = reshape_torch(logits.clone() if torch.is_tensor(logits) else torch.tensor(np.asarray(logits)), config)
-    # Stages the settings left unchanged are the same tensor: exponentiate each distinct one once.
-    original = r.log_original.exp()
-    tempered = original if r.log_tempered is r.log_original else r.log_tempered.exp()
-    final = tempered if r.log_final is r.log_tempered else r.log_final.exp()
-    entropy_before = Entropy.from_nats(entropy_of_log(r.log_original, original))
-    entropy_tempered = (
-        entropy_before
-        if tempered is original
-        else Entropy.from_nats(entropy_of_log(r.log_tempered, tempered))
-    )
-    entropy_after = (
-        entropy_tempered if final is tempered else Entropy.from_nats(entropy_of_log(r.log_final, final))
+    # Stages the settings left unchanged are the same tensor: each distinct one is exponentiated once.
+    stages: dict[int, tuple[torch.Tensor, Entropy]] = {}
+
+    def stage(log_p: torch.Tensor) -> tuple[torch.Tensor, Entropy]:
+        if id(log_p) not in stages:
+            p = log_p.exp()
+            stages[id(log_p)] = (p, Entropy.from_nats(entropy_of_log(log_p, p)))
+        return stages[id(log_p)]
+
+    (original, entropy_before), (tempered, entropy_tempered), (final, entropy_after) = (
+        stage(r.log_original),
+        stage(r.log_tempered),
+        stage(r.log_final),
     )
     return Distribution(
         config=config,
