@@ -23,7 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.browser import Server, click_station, launch_chromium, open_when_up, wait_drawn, wait_idle  # noqa: E402
+from bench.browser import (  # noqa: E402
+    Server,
+    click_station,
+    launch_chromium,
+    open_when_up,
+    set_text,
+    wait_drawn,
+    wait_idle,
+)
 from ui.stations import STATIONS  # noqa: E402
 
 N_STATIONS = 5  # the stations that trace the text through the model
@@ -46,12 +54,6 @@ def forward_and_text(model: str, tokens: int) -> tuple[float, str]:
             loaded.model(ids, use_cache=False)
 
     return timeit(forward, repeat=7), text
-
-
-def set_text(page, text: str) -> None:
-    box = page.get_by_role("textbox", name="The text every model page traces")
-    box.fill(text)
-    box.press("Control+Enter")
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ from bench.browser import (  # noqa: E402
     click_station,
     launch_chromium,
     open_when_up,
+    set_text,
     wait_drawn,
 )
 from ui.stations import STATIONS  # noqa: E402
@@ -171,12 +172,6 @@ def pick_model(page, spec: str) -> None:
         page.get_by_role("option", name="another model…").click()
     box.fill(spec)
     box.press("Enter")
-
-
-def set_text(page, text: str) -> None:
-    box = page.get_by_role("textbox", name="The text every model page traces")
-    box.fill(text)
-    box.press("Control+Enter")
 
 
 def reruns_while_busy(

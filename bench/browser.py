@@ -107,3 +107,10 @@ def wait_idle(page, timeout_ms: float = 5000) -> float:
     """Wait until the browser's main thread is idle (charts rendered, nothing queued); perf_counter then."""
     page.evaluate("(t) => new Promise((done) => requestIdleCallback(() => done(), {timeout: t}))", timeout_ms)
     return time.perf_counter()
+
+
+def set_text(page, text: str) -> None:
+    """Put `text` in the sidebar's shared text box and apply it (what every model page traces)."""
+    box = page.get_by_role("textbox", name="The text every model page traces")
+    box.fill(text)
+    box.press("Control+Enter")
