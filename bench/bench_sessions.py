@@ -13,7 +13,8 @@ with session A idle on station 1; then while A is busy:
   each traced once (a new text, so no cache helps);
 - A loads other models: still on station 1, it picks one model folder after another under "another
   model…" — GPT-2 small's architecture (124M parameters, random seeded weights, saved once and linked
-  under new names, so each is a real load and nothing is downloaded).
+  under new names, so each is a real load and nothing is downloaded), its pages dropped from the
+  kernel's page cache before each pick, so the weights are read from disk as a model's first load is.
 
 A's page records when it is busy: while its "Running the text through the model…" spinner is on
 screen, or the load's progress bar in its sidebar (the page waits for the load and removes the bar
@@ -115,6 +116,17 @@ def save_gpt2_shape(folder: Path) -> Path:
     return folder
 
 
+def drop_from_page_cache(folder: Path) -> None:
+    """Ask the kernel to forget `folder`'s files' cached pages, so the next load reads them from disk
+    as a model never loaded before is (the links share one copy of the pages: dropping one drops all)."""
+    for f in folder.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def linked_copies(folder: Path, count: int) -> Iterator[Path]:
     """`count` folders holding `folder`'s files as hard links (copies where linking fails): each is
     another model spec, read from disk again, at no cost in disk space."""
@@ -165,6 +177,8 @@ def inside(run: Rerun, spans: list[tuple[float, float]]) -> bool:
 
 def pick_model(page, spec: str) -> None:
     """Type `spec` under "another model…" in the sidebar's picker."""
+    if Path(spec).is_dir():
+        drop_from_page_cache(Path(spec))
     sidebar = page.locator(SIDEBAR)
     box = sidebar.get_by_role("textbox", name="Hub id or local directory")
     if not box.count():

@@ -47,6 +47,74 @@ def test_local_directory_loads_same_weights(tiny_gpt2_dir, _tiny_gpt2_master):
     assert loaded.tokenizer("Hello world")["input_ids"] == [15496, 995]
 
 
+TOKENIZER_TEXTS = [
+    "Hello world",
+    " The capital of France is Paris.",
+    "naïve café — 日本語\n\n  two  spaces\tand a tab",
+    "<|endoftext|> after the end <|im_start|>user",
+    "",
+    "ab" * 400,
+]
+
+
+@pytest.mark.parametrize("which", ["gpt2 directory", "bundled"])
+def test_a_tokenizer_read_from_its_file_is_the_one_autotokenizer_builds(which, tiny_gpt2_dir, smollm2):
+    from transformers import AutoTokenizer
+
+    source = str(tiny_gpt2_dir) if which == "gpt2 directory" else smollm2.info.source
+    ours = load_model(source).tokenizer
+    auto = AutoTokenizer.from_pretrained(source)
+    if which == "gpt2 directory":  # two different ways of building it are compared
+        assert type(auto).__name__ == "GPT2Tokenizer" and type(ours).__name__ == "TokenizersBackend"
+    assert ours.get_vocab() == auto.get_vocab()
+    assert ours.all_special_tokens == auto.all_special_tokens
+    assert (ours.bos_token_id, ours.eos_token_id, ours.unk_token_id) == (
+        auto.bos_token_id,
+        auto.eos_token_id,
+        auto.unk_token_id,
+    )
+    assert ours.chat_template == auto.chat_template
+    for text in TOKENIZER_TEXTS:
+        for special in (True, False):
+            a = ours(text, return_offsets_mapping=True, add_special_tokens=special)
+            b = auto(text, return_offsets_mapping=True, add_special_tokens=special)
+            assert a["input_ids"] == b["input_ids"] and a["offset_mapping"] == b["offset_mapping"], text
+        assert ours.decode(a["input_ids"]) == auto.decode(b["input_ids"])
+
+
+def test_settings_applied_on_top_of_the_file_keep_autotokenizer(tmp_path, tiny_gpt2_dir):
+    """A GPT-2 tokenizer asked to add a prefix space is rebuilt by its class: not read from the file."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    folder = tmp_path / "gpt2-prefix-space"
+    shutil.copytree(tiny_gpt2_dir, folder)
+    config = AutoConfig.from_pretrained(folder)
+    assert models._serialized_tokenizer(folder, config)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "add_prefix_space": True}))
+    assert not models._serialized_tokenizer(folder, config)
+    loaded = load_model(str(folder))
+    assert type(loaded.tokenizer).__name__ == "GPT2Tokenizer"
+    assert loaded.tokenizer("Hello")["input_ids"] == loaded.tokenizer(" Hello")["input_ids"]
+
+
+def test_models_whose_tokenizer_files_are_the_same_share_one_tokenizer(tmp_path, tiny_gpt2_dir):
+    import shutil
+
+    folders = [tmp_path / name for name in ("a", "b", "c")]
+    for folder in folders:
+        shutil.copytree(tiny_gpt2_dir, folder)
+    settings = json.loads((folders[2] / "tokenizer_config.json").read_text())
+    (folders[2] / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 77}))
+    a, b, c = (load_model(str(folder)) for folder in folders)
+    assert a.tokenizer is b.tokenizer and a.model is not b.model
+    assert (
+        c.tokenizer is not a.tokenizer and c.tokenizer.model_max_length == 77 != a.tokenizer.model_max_length
+    )
+
+
 def test_unknown_hub_id_says_cache_and_hub(monkeypatch):
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=1.5: False)
     with pytest.raises(

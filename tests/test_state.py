@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import ast
 import errno
+import gc
+import importlib
+import os
 import re
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -22,7 +26,7 @@ from core.errors import DataDirError, ModelLoadError
 from core.model.loading import directory_identity, hub_identity, load_model
 from core.model.store import LOAD_SWITCH_INTERVAL_S, ModelStore
 from core.training.checkpoints import save_checkpoint
-from ui import state
+from ui import cores, state
 
 TEXT = "The cat sat on the mat and the cat"
 OTHER = "another model…"
@@ -602,7 +606,7 @@ class Spy:
 
 sys.meta_path.insert(0, Spy())
 from streamlit.testing.v1 import AppTest
-from ui import state
+from ui import cores, state
 
 at = AppTest.from_file("pages/home.py", default_timeout=120)
 at.session_state[state.MODEL_SPEC] = sys.argv[1]
@@ -709,3 +713,125 @@ def test_cached_arrays_shared_by_sessions_are_read_only(tiny_gpt2):
         patterns.previous[0, 0] = 0.0
     # Marked through views: the model's own weights stay trainable.
     assert tiny_gpt2.model.get_input_embeddings().weight.detach().numpy().flags.writeable
+
+
+# ---------------------------------------------------------------- the collector after loads
+
+
+@pytest.fixture
+def collector_off():
+    """The cyclic collector off for the test (a process-wide setting), nothing left frozen after it."""
+    was_on = gc.isenabled()
+    gc.disable()
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+    if was_on:
+        gc.enable()
+
+
+def _wait_for_load_threads() -> None:
+    for thread in threading.enumerate():
+        if thread.name.startswith("load "):
+            thread.join(WAIT)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_model_dropped_from_the_store_is_freed_without_the_collector(
+    collector_off, family, tiny_gpt2_dir, tiny_llama_dir
+):
+    """What freezing after a load relies on: frozen objects are freed by reference counting alone, so
+    a model (and its tokenizer) must hold no reference cycle, or dropping it would keep its weights."""
+    first, other = (tiny_gpt2_dir, tiny_llama_dir) if family == "gpt2" else (tiny_llama_dir, tiny_gpt2_dir)
+    store = ModelStore(capacity=1)
+    loaded = store.get(str(first))
+    weights, tokenizer = weakref.ref(next(loaded.model.parameters())), weakref.ref(loaded.tokenizer)
+    del loaded
+    store.get(str(other))  # one model kept: the first is dropped
+    _wait_for_load_threads()
+    assert store.cached_specs() == [str(other)]
+    assert weights() is None and tokenizer() is None
+
+
+def test_a_load_that_imports_code_freezes_what_is_alive_others_not(collector_off, tmp_path, monkeypatch):
+    name = "vectorlab_test_fresh_module"
+    (tmp_path / f"{name}.py").write_text("LONG_LIVED = [[1], [2]]\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, name, raising=False)
+
+    def importing(spec, progress=None):
+        importlib.import_module(name)
+        return _fake_model(spec)
+
+    ModelStore(loader=lambda spec, progress=None: _fake_model(spec)).get("A")
+    _wait_for_load_threads()
+    assert gc.get_freeze_count() == 0
+    ModelStore(loader=importing).get("B")
+    _wait_for_load_threads()
+    assert gc.get_freeze_count() > 0
+    assert not any(o is sys.modules[name].LONG_LIVED for o in gc.get_objects())  # frozen: never scanned
+
+
+# ---------------------------------------------------------------- torch's threads across sessions
+
+
+@pytest.mark.parametrize(
+    ("sessions", "n_cores", "expected"), [(1, 2, 2), (2, 2, 1), (3, 8, 7), (2, 1, 1), (1, 1, 1)]
+)
+def test_a_session_leaves_one_core_to_the_others_while_they_are_connected(sessions, n_cores, expected):
+    assert cores.threads_for(sessions, n_cores) == expected
+
+
+@pytest.fixture
+def torch_threads():
+    """Restores torch's thread count (this thread's, and the one later threads start with)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_share_cores_sets_this_thread_and_the_threads_started_after_it(torch_threads, monkeypatch):
+    alone = cores.cores()
+    monkeypatch.setattr(cores, "connected_sessions", lambda: 2)
+    n = cores.share_cores()
+    assert n == max(1, alone - 1) == torch.get_num_threads()
+    seen = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert seen == [n]
+    monkeypatch.setattr(cores, "connected_sessions", lambda: 1)
+    assert cores.share_cores() == alone == torch.get_num_threads()
+
+
+def test_outside_a_server_one_session_is_counted():
+    assert cores.connected_sessions() == 1
+
+
+def _priority_in_a_thread(sessions: int, monkeypatch) -> tuple[bool, int, int]:
+    """yield_to_other_sessions in a fresh thread (its priority cannot be raised again): whether it
+    lowered, and the thread's nice value before and after."""
+    monkeypatch.setattr(cores, "connected_sessions", lambda: sessions)
+    seen = []
+
+    def run():
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        lowered = cores.yield_to_other_sessions()
+        seen.append((lowered, before, os.getpriority(os.PRIO_PROCESS, tid)))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_long_work_yields_to_other_sessions_only_while_they_are_connected(monkeypatch):
+    lowered, before, after = _priority_in_a_thread(1, monkeypatch)
+    assert not lowered and after == before
+    lowered, before, after = _priority_in_a_thread(2, monkeypatch)
+    if before >= cores.LONG_WORK_NICE:
+        pytest.skip("the tests already run at that priority or lower")
+    assert lowered and after == cores.LONG_WORK_NICE
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # other threads keep theirs

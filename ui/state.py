@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.errors import DataDirError, VectorLabError
 from core.model.store import ModelStore
+from ui.cores import share_cores, yield_to_other_sessions
 
 # Session-state keys shared by every page. The values live under plain keys; widgets get their own
 # keys and copy into these on change (see `persist`), because Streamlit drops a widget's state on
@@ -133,6 +134,7 @@ def load_current_model():
     """The model the user picked, loaded once per spec and again when its files change on disk; waits
     for its load, showing the progress where it is called. Raises VectorLabError with a message."""
     init_state()
+    share_cores()
     spec = st.session_state[MODEL_SPEC]
     box = st.empty()
     bar = None
@@ -206,6 +208,7 @@ def read_only(value):
 def _trace(key: str, text: str, max_tokens: int, _loaded):
     from core.inspection.trace import TraceConfig, run_trace
 
+    yield_to_other_sessions()
     return run_trace(_loaded, text, TraceConfig(max_tokens=max_tokens))
 
 
@@ -253,6 +256,7 @@ def gpt2_tokenizer():
 def _lens(key: str, text: str, n_tokens: int, positions: tuple[int, ...], _loaded, _trace):
     from core.inspection.layers import logit_lens
 
+    yield_to_other_sessions()
     return read_only(logit_lens(_loaded, _trace, positions))
 
 
@@ -287,6 +291,7 @@ def derived(fn: Callable, loaded, trace):
 def _position_effect(key: str, text: str, _loaded):
     from core.inspection.positions import position_effect
 
+    yield_to_other_sessions()
     return read_only(position_effect(_loaded, text))
 
 
@@ -299,6 +304,7 @@ def position_effect(loaded, text: str):
 def _order_effect(key: str, text_a: str, text_b: str, _loaded):
     from core.inspection.positions import order_effect
 
+    yield_to_other_sessions()
     return order_effect(_loaded, text_a, text_b)
 
 

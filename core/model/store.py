@@ -4,6 +4,7 @@ files changed on disk."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -138,6 +139,7 @@ class ModelStore:
 
     def _run(self, load: _Load) -> None:
         """In the load's own thread: load, then publish the model (or keep the error) and wake waiters."""
+        modules_before = len(sys.modules)
         try:
             model = self.loader(load.spec, load.report)
         except Exception as e:  # noqa: BLE001 - handed to every waiter and to the sidebar
@@ -151,6 +153,7 @@ class ModelStore:
                 if self._loads.get(load.spec) is load:
                     del self._loads[load.spec]
             load.model, load.fraction, load.message = model, 1.0, "Loaded."
+            _freeze_new_imports(modules_before)
         finally:
             if load.model is None and load.error is None:  # the thread was stopped mid-load
                 load.error = ModelLoadError(f"Loading '{load.spec}' stopped half-way; pick it again.")
@@ -162,3 +165,19 @@ def _share_the_interpreter() -> None:
     for the whole process, before a load thread starts."""
     if sys.getswitchinterval() > LOAD_SWITCH_INTERVAL_S:
         sys.setswitchinterval(LOAD_SWITCH_INTERVAL_S)
+
+
+def _freeze_new_imports(modules_before: int) -> None:
+    """After a load that imported modules (the first load of each model family and tokenizer kind):
+    move every object alive now into the collector's permanent generation (`gc.freeze`).
+
+    Imported code (torch, transformers, a family's modeling module) is several hundred thousand
+    objects that live as long as the process, and every full collection scans them all: ~0.3 s with
+    the interpreter held, in whichever thread triggers it (the server's event loop included), during
+    which no session's page moves. Frozen, they are never scanned again. Frozen objects are still
+    freed by reference counting, and a model holds no reference cycle (tests/test_state.py drops one
+    from the store with the collector off and sees its weights go); what freezing keeps for good is
+    cyclic garbage of that moment: a few loads' worth of small objects per process.
+    """
+    if len(sys.modules) > modules_before:
+        gc.freeze()
