@@ -12,7 +12,7 @@ with session A idle on station 1; then while A is busy:
 - A traces long texts: it types one text of 512 tokens after another into its sidebar on station 1,
   each traced once (a new text, so no cache helps);
 - A loads other models: still on station 1, it picks one model folder after another under "another
-  model…" — GPT-2 small's architecture (124M parameters, random seeded weights, saved once and linked
+  model…" — GPT-2 medium's architecture (355M parameters, random seeded weights, saved once and linked
   under new names, so each is a real load and nothing is downloaded), its pages dropped from the
   kernel's page cache before each pick, so the weights are read from disk as a model's first load is.
 
@@ -89,8 +89,6 @@ _RUN_OVER = """() => {
   const now = document.querySelector('[data-testid="stApp"]').getAttribute('data-test-script-state');
   return now === 'notRunning' && (window.__vlStates || []).some((s) => s !== 'notRunning');
 }"""
-_SCRIPT_RUNNING = """() => document.querySelector('[data-testid="stApp"]')
-  ?.getAttribute('data-test-script-state') === 'running'"""
 
 
 @dataclass(frozen=True)
@@ -104,14 +102,15 @@ class Rerun:
 
 
 def save_gpt2_shape(folder: Path) -> Path:
-    """GPT-2 small's architecture with seeded random weights, saved as a model folder."""
+    """GPT-2 medium's architecture (355M parameters) with seeded random weights, saved as a model folder."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from core.model.loading import gpt2_tokenizer
 
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config()).save_pretrained(folder, safe_serialization=True)
+    medium = GPT2Config(n_embd=1024, n_layer=24, n_head=16)
+    GPT2LMHeadModel(medium).save_pretrained(folder, safe_serialization=True)
     gpt2_tokenizer().save_pretrained(folder)
     return folder
 
@@ -188,24 +187,22 @@ def pick_model(page, spec: str) -> None:
     box.press("Enter")
 
 
-def reruns_while_busy(
-    a, b, work: Iterator[Callable[[], None]], busy: Callable[[], bool], want: int
-) -> tuple[list[Rerun], int]:
-    """Rerun B again and again while A does one piece of `work` after another (each started once A is
-    over the last: `busy()` false and its span recorded), until `want` reruns fell inside A's busy
-    spans or the work runs out. Those reruns, and how many pieces of work A did."""
+def reruns_while_busy(a, b, work: Iterator[Callable[[], None]], want: int) -> tuple[list[Rerun], int]:
+    """Rerun B again and again while A does one piece of `work` after another (each started once A's
+    run for the last is over), until `want` reruns fell inside A's busy spans or the work runs out.
+    Those reruns, and how many pieces of work A did."""
     runs: list[Rerun] = []
     during: list[Rerun] = []
     rounds = 0
     for start in work:
+        a.evaluate(_WATCH_RUNS)  # A's run for this piece: over once it left "notRunning" and came back
         start()
         rounds += 1
         while True:
             runs.append(rerun(b))
-            spans = busy_spans(a)
-            if len(spans) >= rounds and not busy():
+            if a.evaluate(_RUN_OVER):
                 break
-        during = [r for r in runs if inside(r, spans)]
+        during = [r for r in runs if inside(r, busy_spans(a))]
         if len(during) >= want:
             break
     return during, rounds
@@ -221,7 +218,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
-        shape = save_gpt2_shape(Path(tmp) / "gpt2-shape")
+        shape = save_gpt2_shape(Path(tmp) / "gpt2-medium-shape")
         texts = long_texts(args.model, TRACE_TOKENS)
         env = {"VECTORLAB_MODEL": args.model, "VECTORLAB_DATA_DIR": str(Path(tmp) / "data")}
         with Server("app.py", env, log=Path(tmp) / "server.log") as server:
@@ -238,16 +235,13 @@ def main() -> None:
                 rerun(b)  # warm
             idle = [rerun(b) for _ in range(args.reruns)]
 
-            def is_running() -> bool:
-                return a.evaluate(_SCRIPT_RUNNING)
-
             a.evaluate(_WATCH_BUSY, [TRACING, TRACING_TEXT])
             tracing = (partial(set_text, a, t) for t in islice(texts, args.rounds))
-            traced, n_texts = reruns_while_busy(a, b, tracing, is_running, args.during)
+            traced, n_texts = reruns_while_busy(a, b, tracing, args.during)
 
             a.evaluate(_WATCH_BUSY, [LOADING, ""])
             loading = (partial(pick_model, a, str(f)) for f in linked_copies(shape, args.rounds))
-            loaded, n_models = reruns_while_busy(a, b, loading, is_running, args.during)
+            loaded, n_models = reruns_while_busy(a, b, loading, args.during)
             browser.close()
     t_idle = statistics.median(r.seconds for r in idle)
     print("Medians of session B's reruns that started and ended while session A was busy.")

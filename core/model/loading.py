@@ -298,6 +298,7 @@ def _from_pretrained(source: str | Path, local_only: bool):
 
     config = AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=False)
     family = family_for_config(config)  # UnsupportedModelError before any weights are read
+    _read_ahead(source)
     model = AutoModelForCausalLM.from_pretrained(
         source,
         local_files_only=local_only,
@@ -313,6 +314,27 @@ def _from_pretrained(source: str | Path, local_only: bool):
             raise
         tokenizer = gpt2_tokenizer()  # a GPT-2 directory saved without its tokenizer
     return model, tokenizer
+
+
+def _read_ahead(source: str | Path) -> None:
+    """Ask the kernel to start reading the weight files now (`posix_fadvise` WILLNEED: no waiting, no
+    copy), so they are in memory by the time transformers builds the model and copies them in. Left
+    to page faults, the reads happen inside those copies, with the interpreter held: another
+    session's page then stalls in steps of 10–20 ms while a model is read from disk."""
+    if not hasattr(os, "posix_fadvise"):  # not on macOS or Windows: the load reads as it goes
+        return
+    found = _local_file(source, "config.json")
+    for weights in found.parent.glob("*.safetensors") if found is not None else ():
+        try:
+            fd = os.open(weights, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # a file system that takes no advice
+        finally:
+            os.close(fd)
 
 
 # Files a tokenizer is read from (by name prefix); the model's weights and settings are not among them.
