@@ -23,6 +23,7 @@ from test_pages import ROOT, TIMEOUT, app_test, assert_clean, metrics
 
 from core import paths
 from core.errors import DataDirError, ModelLoadError
+from core.model import loading
 from core.model.loading import directory_identity, hub_identity, load_model
 from core.model.store import LOAD_SWITCH_INTERVAL_S, ModelStore
 from core.training.checkpoints import save_checkpoint
@@ -741,7 +742,8 @@ def test_a_model_dropped_from_the_store_is_freed_without_the_collector(
     collector_off, family, tiny_gpt2_dir, tiny_llama_dir
 ):
     """What freezing after a load relies on: frozen objects are freed by reference counting alone, so
-    a model (and its tokenizer) must hold no reference cycle, or dropping it would keep its weights."""
+    a model must hold no reference cycle, or dropping it would keep its weights (its tokenizer may
+    stay, shared with models whose tokenizer files are the same)."""
     first, other = (tiny_gpt2_dir, tiny_llama_dir) if family == "gpt2" else (tiny_llama_dir, tiny_gpt2_dir)
     store = ModelStore(capacity=1)
     loaded = store.get(str(first))
@@ -750,7 +752,8 @@ def test_a_model_dropped_from_the_store_is_freed_without_the_collector(
     store.get(str(other))  # one model kept: the first is dropped
     _wait_for_load_threads()
     assert store.cached_specs() == [str(other)]
-    assert weights() is None and tokenizer() is None
+    assert weights() is None
+    assert tokenizer() is None or any(t is tokenizer() for t in loading._tokenizers.values())  # shared
 
 
 def test_a_load_that_imports_code_freezes_what_is_alive_others_not(collector_off, tmp_path, monkeypatch):

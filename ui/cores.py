@@ -8,9 +8,9 @@ connected, torch computes with one core fewer than it would alone (a session alo
 and a page run doing long work (`yield_to_other_sessions`) lets the others' page runs go first.
 
 torch keeps the setting per thread (OpenMP's thread count is a per-thread setting) and hands the last
-value set to threads it has not seen yet, so it is set again at the start of every page run that uses
-the model (`ui.state.load_current_model`), in the page's own thread, before any work: a run started
-before a second session connected keeps its threads until it is over.
+value set to threads it has not seen yet, so it is set again in every page run that uses the model,
+once it is loaded (`ui.state.load_current_model`), in the page's own thread, before the page's work
+with it: a run started before a second session connected keeps its threads until it is over.
 """
 
 from __future__ import annotations

@@ -134,7 +134,6 @@ def load_current_model():
     """The model the user picked, loaded once per spec and again when its files change on disk; waits
     for its load, showing the progress where it is called. Raises VectorLabError with a message."""
     init_state()
-    share_cores()
     spec = st.session_state[MODEL_SPEC]
     box = st.empty()
     bar = None
@@ -146,9 +145,11 @@ def load_current_model():
         bar.progress(min(max(fraction, 0.0), 1.0), text=message)
 
     try:
-        return _store().get(spec, progress)
+        loaded = _store().get(spec, progress)
     finally:
         box.empty()
+    share_cores()  # before the page's own work with the model
+    return loaded
 
 
 def require_model():
