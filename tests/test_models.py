@@ -13,6 +13,7 @@ import pytest
 
 from core.errors import ModelLoadError, UnsupportedModelError
 from core.model import loading as models
+from core.model import tokenizer_cache
 from core.model.loading import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,10 +92,10 @@ def test_settings_applied_on_top_of_the_file_keep_autotokenizer(tmp_path, tiny_g
     folder = tmp_path / "gpt2-prefix-space"
     shutil.copytree(tiny_gpt2_dir, folder)
     config = AutoConfig.from_pretrained(folder)
-    assert models._serialized_tokenizer(folder, config)
+    assert tokenizer_cache._serialized_tokenizer(folder, config)
     settings = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "add_prefix_space": True}))
-    assert not models._serialized_tokenizer(folder, config)
+    assert not tokenizer_cache._serialized_tokenizer(folder, config)
     loaded = load_model(str(folder))
     assert type(loaded.tokenizer).__name__ == "GPT2Tokenizer"
     assert loaded.tokenizer("Hello")["input_ids"] == loaded.tokenizer(" Hello")["input_ids"]

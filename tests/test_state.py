@@ -23,7 +23,7 @@ from test_pages import ROOT, TIMEOUT, app_test, assert_clean, metrics
 
 from core import paths
 from core.errors import DataDirError, ModelLoadError
-from core.model import loading
+from core.model import tokenizer_cache
 from core.model.loading import directory_identity, hub_identity, load_model
 from core.model.store import LOAD_SWITCH_INTERVAL_S, ModelStore
 from core.training.checkpoints import save_checkpoint
@@ -753,7 +753,9 @@ def test_a_model_dropped_from_the_store_is_freed_without_the_collector(
     _wait_for_load_threads()
     assert store.cached_specs() == [str(other)]
     assert weights() is None
-    assert tokenizer() is None or any(t is tokenizer() for t in loading._tokenizers.values())  # shared
+    assert tokenizer() is None or any(
+        t is tokenizer() for t in tokenizer_cache._tokenizers.values()
+    )  # shared
 
 
 def test_a_load_that_imports_code_freezes_what_is_alive_others_not(collector_off, tmp_path, monkeypatch):
