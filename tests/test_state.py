@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -840,3 +841,54 @@ def test_long_work_yields_to_other_sessions_only_while_they_are_connected(monkey
         pytest.skip("the tests already run at that priority or lower")
     assert lowered and after == cores.LONG_WORK_NICE
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # other threads keep theirs
+
+
+@pytest.mark.parametrize("on_before", [True, False])
+def test_the_collector_is_off_during_a_load_and_as_it_was_after(on_before):
+    seen = []
+
+    def loader(spec, progress=None):
+        seen.append(gc.isenabled())  # in the load's own thread, while it loads
+        return _fake_model(spec)
+
+    was_on = gc.isenabled()
+    (gc.enable if on_before else gc.disable)()
+    try:
+        ModelStore(loader=loader).get("A")
+        _wait_for_load_threads()
+        assert seen == [False]
+        assert gc.isenabled() is on_before
+    finally:
+        (gc.enable if was_on else gc.disable)()
+
+
+def test_the_collector_stays_off_until_the_last_of_two_loads_is_over():
+    loader = _SlowLoader(slow="A")
+    store = ModelStore(loader=loader)
+    assert gc.isenabled()
+    store.start("A")
+    assert loader.started.wait(WAIT)
+    store.get("B")  # a second load, begun and over while A's runs
+    assert not gc.isenabled()
+    loader.release.set()
+    store.get("A")
+    _wait_for_load_threads()
+    assert gc.isenabled()
+
+
+def test_a_load_longer_than_the_limit_runs_with_the_collector_on(monkeypatch):
+    from core.model import store as store_module
+
+    monkeypatch.setattr(store_module, "COLLECTOR_PAUSE_LIMIT_S", 0.05)
+    loader = _SlowLoader(slow="A")
+    store = ModelStore(loader=loader)
+    store.start("A")
+    assert loader.started.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while not gc.isenabled() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gc.isenabled()  # while A still loads
+    loader.release.set()
+    store.get("A")
+    _wait_for_load_threads()
+    assert gc.isenabled()

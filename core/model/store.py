@@ -10,7 +10,8 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from core.errors import ModelLoadError
@@ -141,7 +142,9 @@ class ModelStore:
         """In the load's own thread: load, then publish the model (or keep the error) and wake waiters."""
         modules_before = len(sys.modules)
         try:
-            model = self.loader(load.spec, load.report)
+            with _collector_paused():
+                model = self.loader(load.spec, load.report)
+                _freeze_new_imports(modules_before)  # before a collection scans what the load imported
         except Exception as e:  # noqa: BLE001 - handed to every waiter and to the sidebar
             load.error = e
             log.info("loading %s failed: %s", load.spec, e)
@@ -153,7 +156,6 @@ class ModelStore:
                 if self._loads.get(load.spec) is load:
                     del self._loads[load.spec]
             load.model, load.fraction, load.message = model, 1.0, "Loaded."
-            _freeze_new_imports(modules_before)
         finally:
             if load.model is None and load.error is None:  # the thread was stopped mid-load
                 load.error = ModelLoadError(f"Loading '{load.spec}' stopped half-way; pick it again.")
@@ -181,3 +183,43 @@ def _freeze_new_imports(modules_before: int) -> None:
     """
     if len(sys.modules) > modules_before:
         gc.freeze()
+
+
+COLLECTOR_PAUSE_LIMIT_S = 60.0  # a load still running then (a slow download) runs with the collector on
+_pause_lock = threading.Lock()
+_loads_running = 0  # loads inside _collector_paused now
+_collector_was_on = True  # as the first of them found it
+_pause_limit: threading.Timer | None = None
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic collector off while any load runs, back as it was when the last one ends.
+
+    A first load imports torch's and transformers' code: hundreds of thousands of objects, and every
+    full collection on the way scans all of them again (1.0 s of a cold server's first station, logged
+    with `gc.callbacks`; 0.86 s of a plain script doing the same work), with the interpreter held.
+    Nothing a load makes needs the collector: its objects are freed by reference counting, or frozen
+    when the load is over (`_freeze_new_imports`); other threads' cyclic garbage waits until then,
+    or COLLECTOR_PAUSE_LIMIT_S at most.
+    """
+    global _loads_running, _collector_was_on, _pause_limit
+    with _pause_lock:
+        if _loads_running == 0:
+            _collector_was_on = gc.isenabled()
+            gc.disable()
+            if _collector_was_on:
+                _pause_limit = threading.Timer(COLLECTOR_PAUSE_LIMIT_S, gc.enable)
+                _pause_limit.daemon = True
+                _pause_limit.start()
+        _loads_running += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _loads_running -= 1
+            if _loads_running == 0 and _collector_was_on:
+                if _pause_limit is not None:
+                    _pause_limit.cancel()
+                    _pause_limit = None
+                gc.enable()
