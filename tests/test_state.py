@@ -573,15 +573,18 @@ def test_start_sees_a_checkpoint_saved_again_and_loads_it_in_the_background(tmp_
 
 
 def test_the_landing_page_draws_while_the_model_loads_and_a_station_gets_it(tiny_gpt2_dir, monkeypatch):
-    gate = threading.Event()
+    gate, at_gate = threading.Event(), threading.Event()
 
     def gated_load(spec, progress):  # the real load of the tiny model, held until the gate opens
         progress(0.1, "Waiting at the gate…")
+        at_gate.set()
         assert gate.wait(WAIT), "the gate was never opened"
         return load_model(spec, progress)
 
     store = ModelStore(loader=gated_load)
     monkeypatch.setattr(state, "_store", lambda: store)
+    store.start(str(tiny_gpt2_dir))  # as the sidebar would; the page then finds it under way
+    assert at_gate.wait(WAIT)
     home = app_test("pages/home.py", str(tiny_gpt2_dir)).run()
     assert_clean(home)
     assert home.title[0].value == "Vector Lab"
