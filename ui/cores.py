@@ -57,8 +57,7 @@ def share_cores() -> int:
     """Set torch's threads for this thread's work (see the module docstring) and return how many."""
     import torch
 
-    cores()  # read the default before the first change
-    n = threads_for(connected_sessions(), cores())
+    n = threads_for(connected_sessions(), cores())  # cores() reads the default before any change
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
