@@ -116,6 +116,65 @@ def test_models_whose_tokenizer_files_are_the_same_share_one_tokenizer(tmp_path,
     )
 
 
+def test_weights_are_read_ahead_whole_before_transformers_copies_them(tmp_path, tiny_gpt2_dir, monkeypatch):
+    """The weight files go through the page cache in calls that let the interpreter go (sendfile to
+    /dev/null) before from_pretrained's copies, which hold it: every byte of every shard, first."""
+    if not hasattr(os, "sendfile"):
+        pytest.skip("no os.sendfile here: the plain-read fallback is tested below")
+    from transformers import AutoModelForCausalLM
+
+    for f in tiny_gpt2_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "model.safetensors").rename(tmp_path / "model-00001-of-00002.safetensors")
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(os.urandom(3 * 4096 + 5))  # not indexed
+    events: list[tuple] = []
+    send, from_pretrained = os.sendfile, AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy_send(out_fd, in_fd, offset, count):
+        sent = send(out_fd, in_fd, offset, count)
+        events.append(("read", os.readlink(f"/proc/self/fd/{in_fd}"), offset, sent))
+        return sent
+
+    def spy_from_pretrained(cls, *args, **kwargs):
+        events.append(("from_pretrained",))
+        return from_pretrained(cls, *args, **kwargs)
+
+    monkeypatch.setattr(os, "sendfile", spy_send)
+    monkeypatch.setattr(models, "READ_AHEAD_CHUNK", 4096)  # several calls per file
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy_from_pretrained))
+    with pytest.raises(ModelLoadError):  # the index file is missing: transformers finds no weights
+        load_model(str(tmp_path))
+    assert events[-1] == ("from_pretrained",)
+    reads = events[:-1]
+    for shard in tmp_path.glob("*.safetensors"):
+        spans = sorted((offset, offset + sent) for _, name, offset, sent in reads if name == str(shard))
+        covered = 0
+        for start, end in spans:
+            assert start <= covered
+            covered = max(covered, end)
+        assert covered == shard.stat().st_size and len(spans) > 1
+
+
+def test_read_ahead_falls_back_to_plain_reads(tmp_path, monkeypatch):
+    if not Path("/proc/self/io").exists():
+        pytest.skip("counts the bytes read through /proc/self/io (Linux)")
+
+    def refuse(*args):
+        raise OSError(22, "Invalid argument")
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(os.urandom(1 << 20))
+    monkeypatch.setattr(os, "sendfile", refuse)
+
+    def bytes_read() -> int:
+        fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+        return int(fields["rchar"])
+
+    before = bytes_read()
+    models._read_into_page_cache(weights)
+    assert bytes_read() - before >= weights.stat().st_size
+
+
 def test_unknown_hub_id_says_cache_and_hub(monkeypatch):
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=1.5: False)
     with pytest.raises(

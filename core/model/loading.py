@@ -277,25 +277,46 @@ def _from_pretrained(source: str | Path, local_only: bool):
     return model, tokenizer
 
 
+READ_AHEAD_CHUNK = 64 << 20  # bytes per read call: the interpreter is let go for each
+
+
 def _read_ahead(source: str | Path) -> None:
-    """Ask the kernel to start reading the weight files now (`posix_fadvise` WILLNEED: no waiting, no
-    copy), so they are in memory by the time transformers builds the model and copies them in. Left
-    to page faults, the reads happen inside those copies, with the interpreter held: another
-    session's page then stalls in steps of 10–20 ms while a model is read from disk."""
-    if not hasattr(os, "posix_fadvise"):  # not on macOS or Windows: the load reads as it goes
-        return
+    """Read the weight files into the kernel's page cache before transformers copies them in.
+
+    The copies run inside safetensors with the interpreter held; a page not yet in memory is read
+    from disk right there, so every other thread (another session's page, the server's event loop)
+    stalled for 10–150 ms at a time while a model was read from disk: another session's rerun took
+    5.6× its idle time during a load (`bench/bench_sessions.py`). Read here first, the disk waits happen
+    in calls that let the interpreter go, and the copies find every page in memory. `sendfile` to
+    /dev/null reads without copying to this process (a file already cached costs ~20 ms per GB);
+    where it is not offered (macOS, Windows) plain reads into one buffer do the same.
+    """
     found = local_file(source, "config.json")
-    for weights in found.parent.glob("*.safetensors") if found is not None else ():
+    for weights in sorted(found.parent.glob("*.safetensors")) if found is not None else ():
         try:
-            fd = os.open(weights, os.O_RDONLY)
-        except OSError:
-            continue
+            _read_into_page_cache(weights)
+        except OSError as e:  # unreadable here: from_pretrained reports it in its own words
+            log.info("could not read %s ahead: %s", weights, e)
+
+
+def _read_into_page_cache(path: Path) -> None:
+    with open(path, "rb", buffering=0) as src:
+        size = os.fstat(src.fileno()).st_size
         try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass  # a file system that takes no advice
-        finally:
-            os.close(fd)
+            with open(os.devnull, "wb") as sink:
+                offset = 0
+                while offset < size:
+                    count = min(READ_AHEAD_CHUNK, size - offset)
+                    sent = os.sendfile(sink.fileno(), src.fileno(), offset, count)
+                    if sent == 0:
+                        return
+                    offset += sent
+            return
+        except (AttributeError, OSError):  # no sendfile, or not to /dev/null
+            src.seek(0)
+        buffer = bytearray(READ_AHEAD_CHUNK)
+        while src.readinto(buffer):
+            pass
 
 
 def _is_hub_id(spec: str) -> bool:
