@@ -2,14 +2,13 @@
 
     python bench/bench_pages.py [--model bundled-smollm2] [--tokens 64] [--repeat 5]
 
-One `streamlit run app.py` server and headless Chromium. The sidebar's text is set to a text of
-`--tokens` tokens, every station 1–5 is visited once (model loaded, text traced, caches filled, not
-timed), then each is opened again by a click on its sidebar link, `--repeat` rounds. Each click is
-made once the browser is idle (the previous page has finished drawing, as when a reader clicks), and
-is timed to the page fully drawn (script run over, its heading on screen) and, second column, until
-the browser is idle again (every chart on the page rendered too). The baseline is one plain eager
-forward pass of the same text, timed in this process before the server starts.
-"""
+One `streamlit run serve.py` server (as `make run` serves the app) and headless Chromium. The sidebar's
+text is set to a text of `--tokens` tokens, every station 1–5 is visited once (model loaded, text traced,
+caches filled, not timed), then each is opened again by a click on its sidebar link, `--repeat` rounds.
+Each click is made once the browser is idle (the previous page has finished drawing, as when a reader
+clicks), and is timed to the page fully drawn (script run over, its heading on screen) and, second column,
+until the browser is idle again (every chart on the page rendered too). The baseline is one plain eager
+forward pass of the same text, timed in this process before the server starts."""
 
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.browser import (  # noqa: E402
+    APP,
     Server,
     click_station,
     launch_chromium,
@@ -71,7 +71,7 @@ def main() -> None:
     settled: dict[str, list[float]] = {s.title: [] for s in stations}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         env = {"VECTORLAB_MODEL": args.model, "VECTORLAB_DATA_DIR": str(Path(tmp) / "data")}
-        with Server("app.py", env, log=Path(tmp) / "server.log") as server:
+        with Server(APP, env, log=Path(tmp) / "server.log") as server:
             browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             open_when_up(page, server.url)

@@ -3,11 +3,11 @@ a long text, against the same reruns with nothing else going on.
 
     python bench/bench_sessions.py [--model bundled-smollm2] [--reruns 10] [--during 10]
 
-One `streamlit run app.py` server, headless Chromium, two sessions (two browser contexts). Session B
-sits on station 2 (positional encoding: the model's trace read from the cache, tables and charts
-drawn; a model page whose code is stable) with the bundled model loaded and its caches warm, and
-reruns the page (Streamlit's "R" key), timed from the key to the run over. First `--reruns` of those
-with session A idle on station 1; then while A is busy:
+One `streamlit run serve.py` server (as `make run` serves the app), headless Chromium, two sessions (two
+browser contexts). Session B sits on station 2 (positional encoding: the model's trace read from the
+cache, tables and charts drawn; a model page whose code is stable) with the bundled model loaded and its
+caches warm, and reruns the page (Streamlit's "R" key), timed from the key to the run over. First
+`--reruns` of those with session A idle on station 1; then while A is busy:
 
 - A traces long texts: it types one text of 512 tokens after another into its sidebar on station 1,
   each traced once (a new text, so no cache helps);
@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.browser import (  # noqa: E402
+    APP,
     TIMEOUT_MS,
     Server,
     click_station,
@@ -221,7 +222,7 @@ def main() -> None:
         shape = save_gpt2_shape(Path(tmp) / "gpt2-medium-shape")
         texts = long_texts(args.model, TRACE_TOKENS)
         env = {"VECTORLAB_MODEL": args.model, "VECTORLAB_DATA_DIR": str(Path(tmp) / "data")}
-        with Server("app.py", env, log=Path(tmp) / "server.log") as server:
+        with Server(APP, env, log=Path(tmp) / "server.log") as server:
             browser = launch_chromium(p)
             a = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             b = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()

@@ -1,13 +1,13 @@
 """Start-up as a new user meets it: a fresh server, headless Chromium, until the page is fully drawn.
 
-    python bench/bench_startup.py [--repeat 3] [--model bundled-smollm2]
+    python bench/bench_startup.py [--repeat 5] [--model bundled-smollm2]
 
-(a) The landing page: Vector Lab's against a bare one-line Streamlit app's, each from the launch of
-`streamlit run` to the page drawn (script run over, heading on screen), interleaved, a fresh server
-each time. (b) The first station opened on a cold server (its URL as the first visit: the model loads,
-the text is traced, the page drawn) against what that needs at the least, in a fresh Python process:
-import torch and transformers, load the same model, one forward pass of the same text.
-"""
+Vector Lab is served as `make run` serves it (`streamlit run serve.py`: the default model's load begins
+as the server starts). (a) The landing page: Vector Lab's against a bare one-line Streamlit app's, each
+from the launch of `streamlit run` to the page drawn (script run over, heading on screen), interleaved,
+a fresh server each time. (b) The first station opened on a cold server (its URL as the first visit: the
+model loads, the text is traced, the page drawn) against what that needs at the least, in a fresh Python
+process: import torch and transformers, load the same model, one forward pass of the same text."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.browser import Server, launch_chromium, open_when_up, wait_drawn  # noqa: E402
+from bench.browser import APP, Server, launch_chromium, open_when_up, wait_drawn  # noqa: E402
 from ui.state import DEFAULT_TEXT  # noqa: E402
 from ui.stations import STATIONS  # noqa: E402
 
@@ -78,7 +78,7 @@ def station_path() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--model", default="bundled-smollm2")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -94,11 +94,11 @@ def main() -> None:
         for i in range(args.repeat):  # interleaved so machine drift hits every row alike
             with Server(bare) as server:
                 landing["bare one-line Streamlit app"].append(page_drawn(browser, server, "", "hello"))
-            with Server("app.py", env, log=Path(tmp) / f"landing{i}.log") as server:
+            with Server(APP, env, log=Path(tmp) / f"landing{i}.log") as server:
                 seconds = page_drawn(browser, server, "", "Vector Lab", ("a", LAST_STATION))
                 landing["Vector Lab landing page"].append(seconds)
             station[plain].append(plain_load_and_forward(args.model, DEFAULT_TEXT))
-            with Server("app.py", env, log=Path(tmp) / f"station{i}.log") as server:
+            with Server(APP, env, log=Path(tmp) / f"station{i}.log") as server:
                 heading = f"{STATIONS[0].number} ·"
                 station[first].append(page_drawn(browser, server, station_path(), heading))
             print(f"repeat {i + 1}/{args.repeat} done", file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("VECTORLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
+APP = "serve.py"  # what `make run` serves: app.py, its model's load begun as the server starts
 TIMEOUT_MS = 600_000  # a cold first load on a busy machine can take minutes; nothing here is a limit
 
 # True once the app's script run is over and `text` is on screen in an element matching `selector`.

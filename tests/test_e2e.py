@@ -1,4 +1,5 @@
-"""Real-browser tests: Playwright drives Debian's Chromium against `streamlit run app.py` on loopback."""
+"""Real-browser tests: Playwright drives Debian's Chromium against `streamlit run serve.py` (what `make run`
+serves) on loopback."""
 
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, model_spec: str, tmp: Path, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self, model_spec: str, tmp: Path, extra_env: dict[str, str] | None = None, entry: str = "serve.py"
+    ):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -69,7 +72,7 @@ class Server:
                 "-m",
                 "streamlit",
                 "run",
-                "app.py",
+                entry,
                 "--server.port",
                 str(self.port),
                 "--server.address",
@@ -253,8 +256,10 @@ LANDING_DRAWN_WHILE_LOADING = """([last]) => {
 @pytest.mark.slow
 def test_the_landing_page_is_drawn_while_the_model_loads(browser, tmp_path):
     """On a cold server the landing page does not wait for the bundled model: its content is on
-    screen while the sidebar shows the load's progress, and the model's card replaces it once loaded."""
-    srv = Server("bundled-smollm2", tmp_path)
+    screen while the sidebar shows the load's progress, and the model's card replaces it once loaded.
+    Served from app.py, whose load begins with the first visit: serve.py's begins as the server starts
+    and may be over before the page is opened."""
+    srv = Server("bundled-smollm2", tmp_path, entry="app.py")
     try:
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.goto(srv.url)
@@ -286,8 +291,9 @@ STATION_WAITING = """([note, part]) => {
 
 @pytest.mark.slow
 def test_a_station_opened_while_the_model_loads_waits_then_draws(browser, tmp_path):
-    """The first station opened first on a cold server says it waits for the model, then draws."""
-    srv = Server("bundled-smollm2", tmp_path)
+    """The first station opened first on a cold server says it waits for the model, then draws (served
+    from app.py, as the test above)."""
+    srv = Server("bundled-smollm2", tmp_path, entry="app.py")
     station = STATIONS[0]
     try:
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})

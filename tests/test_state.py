@@ -8,6 +8,7 @@ import ast
 import errno
 import gc
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -895,3 +896,51 @@ def test_a_load_longer_than_the_limit_runs_with_the_collector_on(monkeypatch):
     store.get("A")
     _wait_for_load_threads()
     assert gc.isenabled()
+
+
+SERVER_STARTS = """
+import asyncio, json, sys, threading
+
+import core.inspection.trace
+import serve
+from ui import state
+
+async def main():
+    spec = state.default_spec()
+    before = state._store().cached_specs()
+    async with serve._load_while_starting(None):  # the server's start, no session anywhere
+        for thread in threading.enumerate():
+            if thread.name == serve.PREPARING:
+                await asyncio.to_thread(thread.join, float(sys.argv[1]))
+    after = state._store().cached_specs()
+
+    def traced_again(*args, **kwargs):
+        raise AssertionError("the default text was traced again")
+
+    core.inspection.trace.run_trace = traced_again  # what a page's trace computes on a cache miss
+    loaded = state._store().get(spec)
+    trace = state._trace(state.model_key(loaded), state.DEFAULT_TEXT, state.TRACE_TOKENS, loaded)
+    print(json.dumps({"before": before, "after": after, "spec": spec, "tokens": trace.token_ids.tolist()}))
+
+asyncio.run(main())
+"""
+
+
+def test_the_server_loads_the_default_model_and_traces_the_default_text_before_any_session(tiny_gpt2_dir):
+    """serve.py (what `make run` serves) loads the default model and traces the default text as the
+    server starts: the first page opened finds both, with no browser session ever connected. A fresh
+    process, as a server is."""
+    env = {**os.environ, "VECTORLAB_MODEL": str(tiny_gpt2_dir), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", SERVER_STARTS, str(TIMEOUT)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT + 60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["before"] == [] and seen["after"] == [seen["spec"]] == [str(tiny_gpt2_dir)]
+    loaded = load_model(str(tiny_gpt2_dir))
+    assert seen["tokens"] == loaded.tokenizer(state.DEFAULT_TEXT)["input_ids"]

@@ -4,6 +4,7 @@ keeps results across reruns keyed by the model's identity and their inputs."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Container
 from pathlib import Path
@@ -14,6 +15,8 @@ import streamlit as st
 from core.errors import DataDirError, VectorLabError
 from core.model.store import ModelStore
 from ui.cores import share_cores, yield_to_other_sessions
+
+log = logging.getLogger(__name__)
 
 # Session-state keys shared by every page. The values live under plain keys; widgets get their own
 # keys and copy into these on change (see `persist`), because Streamlit drops a widget's state on
@@ -31,6 +34,7 @@ GENERATION = "vl_generation"  # the output page's last generation
 PERSIST_PREFIX = "vl_kept_"  # + widget key: the remembered value of a widget drawn with persist()
 
 DEFAULT_TEXT = "The capital of France is Paris, and the capital of Italy is"
+TRACE_TOKENS = 512  # a page's trace keeps the text's first tokens (attention grows with the square)
 MAX_TEXT_CHARS = 20_000  # longer pasted text is cut (the trace keeps 512 tokens anyway)
 
 
@@ -130,6 +134,17 @@ def model_status():
     return _store().start(st.session_state[MODEL_SPEC])
 
 
+def prepare_default_model() -> None:
+    """For the server as it starts (serve.py), outside any session: load the model a new session
+    starts with and trace the text it starts with, so the first page opened finds both ready (or the
+    load under way). A failed load is kept by the store; the first session's sidebar says why."""
+    try:
+        loaded = _store().get(default_spec())
+        _trace(model_key(loaded), DEFAULT_TEXT, TRACE_TOKENS, loaded)
+    except Exception as e:  # noqa: BLE001 - no page to show it on; the store keeps a load's error
+        log.info("preparing the default model failed: %s", e)
+
+
 def load_current_model():
     """The model the user picked, loaded once per spec and again when its files change on disk; waits
     for its load, showing the progress where it is called. Raises VectorLabError with a message."""
@@ -137,12 +152,19 @@ def load_current_model():
     spec = st.session_state[MODEL_SPEC]
     box = st.empty()
     bar = None
+    shown = None
 
     def progress(fraction: float, message: str) -> None:
-        nonlocal bar
+        # Called every ModelStore POLL_S while the load runs; the bar is sent to the browser again
+        # only when it changed, not ten times a second while a step of the load takes its time.
+        nonlocal bar, shown
+        now = (min(max(fraction, 0.0), 1.0), message)
+        if now == shown:
+            return
         if bar is None:
             bar = box.progress(0.0, text=message)
-        bar.progress(min(max(fraction, 0.0), 1.0), text=message)
+        bar.progress(now[0], text=message)
+        shown = now
 
     try:
         loaded = _store().get(spec, progress)
@@ -213,7 +235,7 @@ def _trace(key: str, text: str, max_tokens: int, _loaded):
     return run_trace(_loaded, text, TraceConfig(max_tokens=max_tokens))
 
 
-def require_trace(loaded, max_tokens: int = 512):
+def require_trace(loaded, max_tokens: int = TRACE_TOKENS):
     """The trace of the shared text through the loaded model (cached), or a message and a stop."""
     text = current_text()
     try:
