@@ -818,17 +818,17 @@ def test_outside_a_server_one_session_is_counted():
     assert cores.connected_sessions() == 1
 
 
-def _priority_in_a_thread(sessions: int, monkeypatch) -> tuple[bool, int, int]:
+def _priority_in_a_thread(sessions: int, monkeypatch) -> tuple[bool, tuple, tuple]:
     """yield_to_other_sessions in a fresh thread (its priority cannot be raised again): whether it
-    lowered, and the thread's nice value before and after."""
+    lowered, and the thread's (nice value, scheduling policy) before and after."""
     monkeypatch.setattr(cores, "connected_sessions", lambda: sessions)
     seen = []
 
     def run():
         tid = threading.get_native_id()
-        before = os.getpriority(os.PRIO_PROCESS, tid)
+        before = os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid)
         lowered = cores.yield_to_other_sessions()
-        seen.append((lowered, before, os.getpriority(os.PRIO_PROCESS, tid)))
+        seen.append((lowered, before, (os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid))))
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -841,10 +841,11 @@ def test_long_work_yields_to_other_sessions_only_while_they_are_connected(monkey
     lowered, before, after = _priority_in_a_thread(1, monkeypatch)
     assert not lowered and after == before
     lowered, before, after = _priority_in_a_thread(2, monkeypatch)
-    if before >= cores.LONG_WORK_NICE:
+    if before[0] >= cores.LONG_WORK_NICE or before[1] == os.SCHED_IDLE:
         pytest.skip("the tests already run at that priority or lower")
-    assert lowered and after == cores.LONG_WORK_NICE
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # other threads keep theirs
+    assert lowered and after == (cores.LONG_WORK_NICE, os.SCHED_IDLE)  # runs only on an idle core
+    this = threading.get_native_id()  # other threads keep theirs
+    assert (os.getpriority(os.PRIO_PROCESS, this), os.sched_getscheduler(this)) == before
 
 
 @pytest.mark.parametrize("on_before", [True, False])
