@@ -902,6 +902,7 @@ def test_a_load_longer_than_the_limit_runs_with_the_collector_on(monkeypatch):
 SERVER_STARTS = """
 import asyncio, json, sys, threading
 
+import core.inspection.tokens
 import core.inspection.trace
 import serve
 from ui import state
@@ -919,18 +920,21 @@ async def main():
         raise AssertionError("the default text was traced again")
 
     core.inspection.trace.run_trace = traced_again  # what a page's trace computes on a cache miss
+    core.inspection.tokens.vocab_strings = traced_again  # what the vocabulary reads on a miss
     loaded = state._store().get(spec)
     trace = state._trace(state.model_key(loaded), state.DEFAULT_TEXT, state.TRACE_TOKENS, loaded)
+    strings, _, _ = state.vocabulary(loaded)
+    assert len(strings) == loaded.info.vocab_size
     print(json.dumps({"before": before, "after": after, "spec": spec, "tokens": trace.token_ids.tolist()}))
 
 asyncio.run(main())
 """
 
 
-def test_the_server_loads_the_default_model_and_traces_the_default_text_before_any_session(tiny_gpt2_dir):
-    """serve.py (what `make run` serves) loads the default model and traces the default text as the
-    server starts: the first page opened finds both, with no browser session ever connected. A fresh
-    process, as a server is."""
+def test_the_server_prepares_the_default_model_and_text_before_any_session(tiny_gpt2_dir):
+    """serve.py (what `make run` serves) loads the default model, traces the default text and reads
+    the vocabulary as the server starts: the first page opened finds them, with no browser session
+    ever connected. A fresh process, as a server is."""
     env = {**os.environ, "VECTORLAB_MODEL": str(tiny_gpt2_dir), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
         [sys.executable, "-c", SERVER_STARTS, str(TIMEOUT)],

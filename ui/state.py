@@ -136,11 +136,13 @@ def model_status():
 
 def prepare_default_model() -> None:
     """For the server as it starts (serve.py), outside any session: load the model a new session
-    starts with and trace the text it starts with, so the first page opened finds both ready (or the
-    load under way). A failed load is kept by the store; the first session's sidebar says why."""
+    starts with, trace the text it starts with and read the model's vocabulary (nearest tokens on
+    stations 1, 4 and 9, the quiz, embedding arithmetic), so the first page opened finds them ready
+    (or under way). A failed load is kept by the store; the first session's sidebar says why."""
     try:
         loaded = _store().get(default_spec())
         _trace(model_key(loaded), DEFAULT_TEXT, TRACE_TOKENS, loaded)
+        vocabulary(loaded)
     except Exception as e:  # noqa: BLE001 - no page to show it on; the store keeps a load's error
         log.info("preparing the default model failed: %s", e)
 
