@@ -945,6 +945,7 @@ def test_the_server_prepares_the_default_model_and_text_before_any_session(tiny_
         timeout=TIMEOUT + 60,
     )
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "missing ScriptRunContext" not in out.stderr  # nothing it does tries to draw on a page
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["before"] == [] and seen["after"] == [seen["spec"]] == [str(tiny_gpt2_dir)]
     loaded = load_model(str(tiny_gpt2_dir))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.errors import DataDirError, VectorLabError
 from core.model.store import ModelStore
@@ -254,7 +255,7 @@ def require_trace(loaded, max_tokens: int = TRACE_TOKENS):
     return trace
 
 
-@st.cache_resource(show_spinner="Reading the vocabulary…", max_entries=2)
+@st.cache_resource(show_spinner=False, max_entries=2)
 def _vocab(key: str, _loaded):
     from core.inspection.tokens import embedding_matrix, vocab_strings
     from core.retrieval.embeddings import unit_rows
@@ -267,7 +268,10 @@ def _vocab(key: str, _loaded):
 def vocabulary(loaded):
     """(readable strings [V], unit-length embedding rows [V, d], raw embedding rows [V, d]), read-only:
     one copy is shared by every session."""
-    return _vocab(model_key(loaded), loaded)
+    if get_script_run_ctx(suppress_warning=True) is None:  # the server preparing it: no page to draw on
+        return _vocab(model_key(loaded), loaded)
+    with st.spinner("Reading the vocabulary…"):
+        return _vocab(model_key(loaded), loaded)
 
 
 @st.cache_resource(show_spinner=False)
