@@ -182,3 +182,29 @@ def test_the_estimate_times_the_real_model_without_changing_it(_tiny_gpt2_master
     assert estimate.eval_s == pytest.approx(n_eval / 3 * timing.forward_s, rel=4 * EPS64)
     assert time_step(model, config, max_tokens=16).rows == 1  # a big batch is timed a sequence at a time
     assert estimate.total_s == pytest.approx(25 * estimate.step_s + 3 * estimate.eval_s, rel=4 * EPS64)
+
+
+def test_each_step_runs_with_the_threads_the_server_gives_at_that_moment(_tiny_gpt2_master):
+    """Asked before the first step and after each one: a run started beside another session gets its
+    cores back when that session leaves, and gives one up when a session connects mid-run."""
+    given = [1, 2, 2, 1, 2]  # sessions come and go: what the server would give before each step
+    asked = iter(given)
+    job = TrainingJob(compute_threads=lambda: next(asked, given[-1]))
+    ran_with = []
+    publish = job._publish
+
+    def record(run, step):  # in the training thread, right after a step, before the next is set up
+        ran_with.append(torch.get_num_threads())
+        publish(run, step)
+
+    job._publish = record
+    _finished(job, _run(_tiny_gpt2_master, steps=len(given)))
+    assert ran_with == given
+
+
+def test_the_page_job_asks_the_server_for_its_threads():
+    from ui import cores
+
+    job = state.training_job()
+    assert job.compute_threads is not None
+    assert job.compute_threads() == cores.threads_for(cores.connected_sessions(), cores.cores())

@@ -11,7 +11,8 @@ a core idle.
 torch keeps the setting per thread (OpenMP's thread count is a per-thread setting) and hands the last
 value set to threads it has not seen yet, so it is set again in every page run that uses the model,
 once it is loaded (`ui.state.load_current_model`), in the page's own thread, before the page's work
-with it: a run started before a second session connected keeps its threads until it is over.
+with it: a run started before a second session connected keeps its threads until it is over. A
+training run asks again before every step (`core.training.jobs.TrainingJob.compute_threads`).
 """
 
 from __future__ import annotations
@@ -50,8 +51,14 @@ def connected_sessions() -> int:
     try:
         return int(Runtime.instance()._session_mgr.num_active_sessions())
     except AttributeError:  # Streamlit's session manager is not public API: count none but this one
-        log.warning("this Streamlit version does not count sessions; torch keeps all its threads")
+        _warn_uncounted()
         return 1
+
+
+@cache
+def _warn_uncounted() -> None:
+    """Said once per process: it is asked on every page run and every training step."""
+    log.warning("this Streamlit version does not count sessions; torch keeps all its threads")
 
 
 def share_cores() -> int:
