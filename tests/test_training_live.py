@@ -206,5 +206,5 @@ def test_the_page_job_asks_the_server_for_its_threads():
     from ui import cores
 
     job = state.training_job()
-    assert job.compute_threads is not None
+    assert job.compute_threads is cores.threads_now
     assert job.compute_threads() == cores.threads_for(cores.connected_sessions(), cores.cores())

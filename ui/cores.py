@@ -61,11 +61,16 @@ def _warn_uncounted() -> None:
     log.warning("this Streamlit version does not count sessions; torch keeps all its threads")
 
 
+def threads_now() -> int:
+    """Compute threads for one session's work with the sessions connected now."""
+    return threads_for(connected_sessions(), cores())  # cores() reads the default before any change
+
+
 def share_cores() -> int:
     """Set torch's threads for this thread's work (see the module docstring) and return how many."""
     import torch
 
-    n = threads_for(connected_sessions(), cores())  # cores() reads the default before any change
+    n = threads_now()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
