@@ -53,7 +53,7 @@ from core.experiments.steering import (
 from core.inspection.positions import mlp_width, position_effect, position_run
 from core.inspection.tokens import embedding_matrix, vocab_strings
 from core.model.loading import gpt2_tokenizer, wrap
-from core.retrieval.embeddings import unit_rows
+from core.retrieval.embeddings import cosine_reduction_length, row_norms
 from core.tolerance import check_close, float32_tolerance, float64_tolerance
 from tests.fixtures_search import minilm  # noqa: F401  (fixture)
 
@@ -65,7 +65,7 @@ TOWARD, AWAY = ("I love this", "What a day"), ("I hate this", "What a mess")
 def gpt2_vocab(tokenizer):
     loaded = wrap(BUILDERS["gpt2"](len(tokenizer)), tokenizer, spec="gpt2", name="gpt2")
     matrix = embedding_matrix(loaded.model)
-    return loaded, vocab_strings(tokenizer), unit_rows(matrix), matrix
+    return loaded, vocab_strings(tokenizer), row_norms(matrix), matrix
 
 
 def _no_hooks_left(loaded) -> bool:
@@ -229,8 +229,8 @@ def test_first_block_check_needs_the_last_token_last(tiny_gpt2):
 
 
 def test_token_arithmetic_is_the_row_sum_and_ranks_like_brute_force(gpt2_vocab):
-    loaded, strings, unit, matrix = gpt2_vocab
-    analogy = token_analogy(loaded.tokenizer, strings, unit, matrix, "king", "man", "woman", "queen", k=10)
+    loaded, strings, norms, matrix = gpt2_vocab
+    analogy = token_analogy(loaded.tokenizer, strings, norms, matrix, "king", "man", "woman", "queen", k=10)
     [a], [b], [c] = (w.token_ids for w in analogy.tokens)
     rows = matrix.astype(np.float64)
     expected = rows[a] - rows[b] + rows[c]
@@ -241,7 +241,8 @@ def test_token_arithmetic_is_the_row_sum_and_ranks_like_brute_force(gpt2_vocab):
     # Brute force in float64 over the whole vocabulary, a, b and c excluded.
     ref = rows @ expected / (np.linalg.norm(rows, axis=1) * np.linalg.norm(expected))
     ref[[a, b, c]] = -np.inf
-    tol = float32_tolerance(1.0, matrix.shape[1]) + float64_tolerance(1.0, matrix.shape[1])
+    d = matrix.shape[1]
+    tol = float32_tolerance(1.0, cosine_reduction_length(d)) + float64_tolerance(1.0, d)
     best = np.sort(ref)[::-1]
     for place, hit in enumerate(analogy.hits):
         assert hit.index not in (a, b, c)
@@ -254,14 +255,14 @@ def test_token_arithmetic_is_the_row_sum_and_ranks_like_brute_force(gpt2_vocab):
 
 
 def test_words_that_split_use_the_mean_or_the_first_piece_and_say_so(gpt2_vocab):
-    loaded, strings, unit, matrix = gpt2_vocab
+    loaded, strings, norms, matrix = gpt2_vocab
     word = "Vectorlabish"
     pieces = loaded.tokenizer(" " + word)["input_ids"]
     assert len(pieces) > 1
     rows = matrix.astype(np.float64)
     for mode, row in ((MEAN, rows[pieces].mean(axis=0)), (FIRST, rows[pieces[0]])):
         analogy = token_analogy(
-            loaded.tokenizer, strings, unit, matrix, word, "man", "woman", word, mode=mode
+            loaded.tokenizer, strings, norms, matrix, word, "man", "woman", word, mode=mode
         )
         first = analogy.tokens[0]
         assert first.splits and first.token_ids == tuple(pieces)
@@ -283,19 +284,19 @@ def test_words_that_split_use_the_mean_or_the_first_piece_and_say_so(gpt2_vocab)
         # The expected answer is a itself: excluded, so it cannot be ranked, and the verdict says why.
         assert analogy.expected.rank is None
         assert "it is one of a, b, c, which are excluded" in analogy.expected.verdict()
-    split = token_analogy(loaded.tokenizer, strings, unit, matrix, "king", "man", "woman", word)
+    split = token_analogy(loaded.tokenizer, strings, norms, matrix, "king", "man", "woman", word)
     assert split.expected.index == pieces[0] and split.expected.rank is not None
     assert split.expected.note.startswith(f"'{word}' splits into {len(pieces)} tokens")
 
 
 def test_arithmetic_refuses_empty_words_with_a_message(gpt2_vocab):
-    loaded, strings, unit, matrix = gpt2_vocab
+    loaded, strings, norms, matrix = gpt2_vocab
     with pytest.raises(InputError, match=re.escape("Type a word for b.")):
-        token_analogy(loaded.tokenizer, strings, unit, matrix, "king", " ", "woman")
+        token_analogy(loaded.tokenizer, strings, norms, matrix, "king", " ", "woman")
     with pytest.raises(SettingsError, match=re.escape("Ask for at least one nearest candidate, not 0.")):
-        token_analogy(loaded.tokenizer, strings, unit, matrix, "king", "man", "woman", k=0)
+        token_analogy(loaded.tokenizer, strings, norms, matrix, "king", "man", "woman", k=0)
     with pytest.raises(InputError, match=re.escape("a − b + c is the zero vector")):
-        cosines(unit, np.zeros(matrix.shape[1]))
+        cosines(matrix, norms, np.zeros(matrix.shape[1]))
 
 
 def test_verdicts_say_when_the_analogy_fails_or_c_alone_finds_it():
@@ -343,7 +344,7 @@ def test_smollm2_king_minus_man_plus_woman_as_it_really_ranks(smollm2):
     matrix = embedding_matrix(smollm2.model)
     strings = vocab_strings(smollm2.tokenizer)
     analogy = token_analogy(
-        smollm2.tokenizer, strings, unit_rows(matrix), matrix, "king", "man", "woman", "queen"
+        smollm2.tokenizer, strings, row_norms(matrix), matrix, "king", "man", "woman", "queen"
     )
     rows = matrix.astype(np.float64)
     ids = [w.token_ids[0] for w in analogy.tokens]

@@ -17,7 +17,7 @@ from core.inspection.layers import LogitLens, layer_labels, logit_lens, residual
 from core.inspection.positions import position_effect
 from core.inspection.tokens import embedding_matrix, readable, vocab_strings
 from core.inspection.trace import run_trace
-from core.retrieval.embeddings import unit_rows
+from core.retrieval.embeddings import cosines_to_rows, row_norms
 from core.tolerance import CheckResult
 from tests.test_pages import app_test, assert_clean
 from ui import quiz as quiz_ui
@@ -38,7 +38,8 @@ def test_nearest_neighbour_is_the_highest_cosine_row(traced):
     loaded, trace = traced
     E = embedding_matrix(loaded.model).astype(np.float64)
     strings = vocab_strings(loaded.tokenizer)
-    question = quiz.nearest_neighbour_question(trace, unit_rows(embedding_matrix(loaded.model)), strings)
+    table = embedding_matrix(loaded.model)
+    question = quiz.nearest_neighbour_question(trace, table, row_norms(table), strings)
     t = quiz.focus_token(trace)
     assert len(re.findall(r"[A-Za-z]", trace.pieces[t])) >= 2 and trace.pieces[t].strip() == "tired"
     x = E[trace.token_ids[t]]
@@ -48,11 +49,10 @@ def test_nearest_neighbour_is_the_highest_cosine_row(traced):
     assert len(question.options) == 4 and question.options == tuple(sorted(question.options))
 
 
-def _nearest_by_full_float64_sort(
-    unit_embeddings, token_id, ranks=(0, 25, 250, 2500)
-) -> list[tuple[int, float]]:
+def _nearest_by_full_float64_sort(embeddings, token_id, ranks=(0, 25, 250, 2500)) -> list[tuple[int, float]]:
     """(id, cosine) at each rank of one float64 sort of the whole table, ties to the lower id."""
-    sims = unit_embeddings.astype(np.float64) @ unit_embeddings[token_id].astype(np.float64)
+    rows = embeddings.astype(np.float64)
+    sims = cosines_to_rows(rows, row_norms(rows), rows[token_id])
     sims[token_id] = -np.inf
     order = np.argsort(-sims, kind="stable")
     return [(int(order[r]), float(sims[order[r]])) for r in ranks]
@@ -69,17 +69,18 @@ def test_nearest_neighbour_ranks_match_a_full_float64_sort_with_near_ties(traced
     for seed in range(5):
         rng = np.random.default_rng(seed)
         E = rng.normal(size=(V, d))
-        order = [i for i, _ in _nearest_by_full_float64_sort(unit_rows(E.astype(np.float32)), token_id)]
+        order = [i for i, _ in _nearest_by_full_float64_sort(E.astype(np.float32), token_id)]
         for rank, i in zip((0, 25, 250, 2500), order, strict=True):  # a near copy at a far id
             E[V - 1 - rank] = E[i] * (1 + 3e-8) + rng.normal(size=d) * 3e-8
-        unit = unit_rows(E.astype(np.float32))
-        question = quiz.nearest_neighbour_question(trace, unit, strings)
-        expected = _nearest_by_full_float64_sort(unit, token_id)
+        table = E.astype(np.float32)
+        norms = row_norms(table)
+        question = quiz.nearest_neighbour_question(trace, table, norms, strings)
+        expected = _nearest_by_full_float64_sort(table, token_id)
         assert answer_of(question) == strings[expected[0][0]]
         assert sorted(question.options) == sorted(strings[i] for i, _ in expected)
         shown = dict(zip(question.options, (value for _, value in question.evidence), strict=True))
         assert shown == {strings[i]: f"{cos:.4f}" for i, cos in expected}
-        sims32 = unit @ unit[token_id]
+        sims32 = cosines_to_rows(table, norms, table[token_id])
         sims32[token_id] = -np.inf
         by_float32 = np.argsort(-sims32, kind="stable")[[0, 25, 250, 2500]]
         float32_misorders += int((by_float32 != [i for i, _ in expected]).any())

@@ -703,9 +703,9 @@ def test_cached_arrays_shared_by_sessions_are_read_only(tiny_gpt2):
     from core.inspection.attention import head_patterns
     from core.inspection.trace import run_trace
 
-    strings, unit_rows, rows = state.vocabulary(tiny_gpt2)
+    strings, norms, rows = state.vocabulary(tiny_gpt2)
     with pytest.raises(ValueError, match=re.escape(READ_ONLY)):
-        unit_rows[0, 0] = 0.0
+        norms[0] = 0.0
     with pytest.raises(ValueError, match=re.escape(READ_ONLY)):
         rows[0, 0] = 0.0
     with pytest.raises(TypeError):

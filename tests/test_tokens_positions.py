@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -26,8 +27,16 @@ from core.inspection.tokens import (
     neighbourhood_map,
     readable,
     tokenize_plain,
+    vocab_strings,
 )
-from core.retrieval.embeddings import cosine_similarity_matrix, pca_2d, unit_rows
+from core.retrieval.embeddings import (
+    cosine_reduction_length,
+    cosine_similarity_matrix,
+    cosines_to_rows,
+    pca_2d,
+    row_norms,
+    unit_rows,
+)
 from core.tolerance import EPS64, CheckResult, check_close, log_softmax_tolerance
 from core.views import charts
 from core.views.colours import probability_colour, probability_gradient
@@ -48,21 +57,42 @@ def table():
 
 
 def test_nearest_tokens_match_brute_force(table):
-    unit = unit_rows(table)
+    norms = row_norms(table)
     strings = [f"t{i}" for i in range(len(table))]
-    got = nearest_tokens(unit, 7, strings, k=5)
+    got = nearest_tokens(table, norms, 7, strings, k=5)
     sims = np.array([a @ table[7] / np.linalg.norm(a) / np.linalg.norm(table[7]) for a in table])
     sims[7] = -np.inf
     assert [n.token_id for n in got] == list(np.argsort(-sims)[:5])
     assert 7 not in [n.token_id for n in got]
-    # float32 dot products of unit rows over d = 16 terms against float64 cosines.
-    assert_passes(check_close([n.cosine for n in got], np.sort(sims)[::-1][:5], reduction_length=16))
-    assert nearest_tokens(unit, 7, strings, k=1, include_self=True)[0].token_id == 7
+    # float32 cosines (a dot product and two lengths over d = 16 terms) against float64 ones.
+    expected = np.sort(sims)[::-1][:5]
+    cosines = [n.cosine for n in got]
+    assert_passes(check_close(cosines, expected, reduction_length=cosine_reduction_length(16)))
+    assert nearest_tokens(table, norms, 7, strings, k=1, include_self=True)[0].token_id == 7
+
+
+def test_cosines_to_rows_are_the_cosines_of_unit_rows(table):
+    # The same numbers as scaling every row to length 1 first, without the scaled copy; zero rows and
+    # a zero query score 0 (unit_rows leaves a zero row at zero), one query or several.
+    table = table.copy()
+    table[11] = 0.0
+    norms = row_norms(table)
+    assert norms.dtype == np.float32 and norms.shape == (len(table),)
+    assert_passes(check_close(norms, np.linalg.norm(table.astype(np.float64), axis=1), reduction_length=16))
+    unit = unit_rows(table.astype(np.float64))
+    queries = table[[3, 11, 7]]
+    got = cosines_to_rows(table, norms, queries)  # [3, V]
+    assert got.shape == (3, len(table)) and got.dtype == np.float32
+    assert_passes(check_close(got, unit[[3, 11, 7]] @ unit.T, reduction_length=cosine_reduction_length(16)))
+    assert not got[1].any() and not got[:, 11].any()
+    one = cosines_to_rows(table, norms, queries[2])  # one query: a matrix-vector product, other rounding
+    assert one.shape == (len(table),)
+    assert_passes(check_close(one, got[2], reduction_length=cosine_reduction_length(16)))
 
 
 def test_nearest_tokens_bad_id(table):
     with pytest.raises(InputError, match=re.escape("Token id 999 is outside the vocabulary (0–199).")):
-        nearest_tokens(unit_rows(table), 999, ["x"] * 200)
+        nearest_tokens(table, row_norms(table), 999, ["x"] * 200)
 
 
 def test_pca_orders_variance_and_is_stable(table):
@@ -81,7 +111,7 @@ def test_pca_orders_variance_and_is_stable(table):
 
 def test_neighbourhood_map_marks_sentence_tokens(table):
     strings = [f"t{i}" for i in range(len(table))]
-    points = neighbourhood_map(unit_rows(table), table, [3, 5, 3], strings, neighbours_per_token=4)
+    points = neighbourhood_map(table, row_norms(table), [3, 5, 3], strings, neighbours_per_token=4)
     sentence = [p for p in points if p.kind == "sentence"]
     assert [p.token_id for p in sentence] == [3, 5]
     assert len({p.token_id for p in points}) == len(points)  # no duplicates
@@ -113,6 +143,45 @@ def test_readable_marks_whitespace():
 
 
 @pytest.mark.slow
+def _decoded_one_by_one(tokenizer) -> list[str]:
+    return [readable(tokenizer.decode([i])) for i in range(len(tokenizer))]
+
+
+def test_vocab_strings_are_each_id_decoded(tokenizer, smollm2):
+    # The backend's batch decode stands in for a Python decode per id only where they agree: every id
+    # of GPT-2's and SmolLM2's vocabularies (byte-level pieces, special and added tokens included).
+    from core.inspection.tokens import _plain_backend_decode
+
+    for tok in (tokenizer, smollm2.tokenizer):
+        assert _plain_backend_decode(tok)
+        strings = vocab_strings(tok)
+        assert len(strings) == len(tok)
+        assert strings == _decoded_one_by_one(tok)
+
+
+def test_vocab_strings_keep_the_tokenizers_own_decoding(tokenizer, monkeypatch):
+    # Where decode does more than the backend (spaces cleaned up, a subclass's own _decode), each id
+    # is decoded through it.
+    from core.inspection.tokens import _plain_backend_decode
+
+    cleaned = copy.deepcopy(tokenizer)
+    cleaned.clean_up_tokenization_spaces = True
+    cleaned.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = True
+    assert not _plain_backend_decode(cleaned)
+    strings = vocab_strings(cleaned)
+    assert strings == _decoded_one_by_one(cleaned)
+    assert strings != vocab_strings(tokenizer)  # the clean-up changed some pieces (" ." → ".")
+
+    class Shouting(type(tokenizer)):
+        def _decode(self, token_ids, **kwargs):
+            return super()._decode(token_ids, **kwargs).upper()
+
+    loud = copy.deepcopy(tokenizer)
+    loud.__class__ = Shouting
+    assert not _plain_backend_decode(loud)
+    assert vocab_strings(loud) == [s.upper() for s in vocab_strings(tokenizer)]
+
+
 def test_tokenize_plain_differs_between_vocabularies(tiny_gpt2, smollm2):
     text = "Tokenization differs"
     a = tokenize_plain(tiny_gpt2.tokenizer, text, "GPT-2")

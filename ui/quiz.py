@@ -58,9 +58,9 @@ def score() -> Score:
 
 
 def _tokens(loaded, trace) -> list[quiz.Question]:
-    strings, unit_embeddings, _ = state.vocabulary(loaded)
+    strings, norms, embeddings = state.vocabulary(loaded)
     return [
-        quiz.nearest_neighbour_question(trace, unit_embeddings, strings),
+        quiz.nearest_neighbour_question(trace, embeddings, norms, strings),
         quiz.largest_norm_question(trace),
     ]
 

@@ -258,16 +258,18 @@ def require_trace(loaded, max_tokens: int = TRACE_TOKENS):
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _vocab(key: str, _loaded):
     from core.inspection.tokens import embedding_matrix, vocab_strings
-    from core.retrieval.embeddings import unit_rows
+    from core.retrieval.embeddings import row_norms
 
     matrix = embedding_matrix(_loaded.model)
     strings = tuple(vocab_strings(_loaded.tokenizer))
-    return read_only((strings, np.ascontiguousarray(unit_rows(matrix)), matrix))
+    return read_only((strings, row_norms(matrix), matrix))
 
 
 def vocabulary(loaded):
-    """(readable strings [V], unit-length embedding rows [V, d], raw embedding rows [V, d]), read-only:
-    one copy is shared by every session."""
+    """(readable strings [V], the embedding rows' lengths [V], the embedding rows [V, d]), read-only: one
+    copy is shared by every session. Cosines against the table take the lengths
+    (`core.retrieval.embeddings.cosines_to_rows`): no unit-length copy of it is kept (for SmolLM2 one
+    would be 113 MB, and allocating it a quarter of a second of a cold server's first station)."""
     if get_script_run_ctx(suppress_warning=True) is None:  # the server preparing it: no page to draw on
         return _vocab(model_key(loaded), loaded)
     with st.spinner("Reading the vocabulary…"):
@@ -401,8 +403,8 @@ def next_token(loaded, trace, config, n: int):
 def _nearest_tokens(key: str, token_id: int, k: int, _loaded):
     from core.inspection.tokens import nearest_tokens as compute
 
-    strings, unit_embeddings, _ = vocabulary(_loaded)
-    return tuple(compute(unit_embeddings, token_id, strings, k=k))
+    strings, norms, embeddings = vocabulary(_loaded)
+    return tuple(compute(embeddings, norms, token_id, strings, k=k))
 
 
 def nearest_tokens(loaded, token_id: int, k: int):
@@ -415,8 +417,8 @@ def nearest_tokens(loaded, token_id: int, k: int):
 def _token_map(key: str, token_ids: tuple[int, ...], per_token: int, _loaded):
     from core.inspection.tokens import neighbourhood_map
 
-    strings, unit_embeddings, embeddings = vocabulary(_loaded)
-    return tuple(neighbourhood_map(unit_embeddings, embeddings, list(token_ids), strings, per_token))
+    strings, norms, embeddings = vocabulary(_loaded)
+    return tuple(neighbourhood_map(embeddings, norms, list(token_ids), strings, per_token))
 
 
 def token_map(loaded, token_ids, per_token: int):

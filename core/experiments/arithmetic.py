@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import InputError, SettingsError
-from core.retrieval.embeddings import unit_rows
+from core.retrieval.embeddings import cosines_to_rows, row_norms
 from core.tolerance import CheckResult, check_close
 
 MEAN = "mean"  # a word that splits into several tokens is the average of its pieces' rows
@@ -91,14 +91,12 @@ class Analogy:
 # --------------------------------------------------------------------------- ranking
 
 
-def cosines(unit_candidates: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Cosine of every candidate row (already unit length, [N, d]) with `query` [d] -> [N] float64."""
+def cosines(candidates: np.ndarray, norms: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine of every candidate row ([N, d], lengths `norms` [N]) with `query` [d] -> [N] float64."""
     q = np.asarray(query, dtype=np.float64)
-    norm = np.linalg.norm(q)
-    if norm == 0:
+    if not np.any(q):
         raise InputError("a − b + c is the zero vector (a and b cancel c): it has no direction to compare.")
-    q = (q / norm).astype(unit_candidates.dtype)
-    return (unit_candidates @ q).astype(np.float64)
+    return cosines_to_rows(candidates, norms, q).astype(np.float64)
 
 
 def _nearest(sims: np.ndarray, excluded: Sequence[int], labels: Sequence[str], k: int) -> tuple[Hit, ...]:
@@ -170,7 +168,7 @@ def word_row(embeddings: np.ndarray, word: WordTokens, mode: str) -> np.ndarray:
 def token_analogy(
     tokenizer,
     strings: Sequence[str],
-    unit_embeddings: np.ndarray,
+    norms: np.ndarray,
     embeddings: np.ndarray,
     a: str,
     b: str,
@@ -183,9 +181,9 @@ def token_analogy(
     """`E[a] − E[b] + E[c]` on the token embedding table and its nearest tokens over the whole
     vocabulary, the tokens of a, b and c excluded.
 
-    `embeddings` [V, d] are the raw rows, `unit_embeddings` [V, d] the same rows scaled to length 1,
-    `strings` [V] their readable text (ui.state.vocabulary gives all three). With `leading_space`,
-    each word is tokenized as " word", the form it takes inside a sentence.
+    `embeddings` [V, d] are the raw rows, `norms` [V] their lengths, `strings` [V] their readable text
+    (ui.state.vocabulary gives all three). With `leading_space`, each word is tokenized as " word",
+    the form it takes inside a sentence.
     """
     _check_k(k)
     words = tuple(
@@ -195,8 +193,8 @@ def token_analogy(
     ra, rb, rc = (word_row(embeddings, w, mode) for w in words)
     vector = ra - rb + rc  # [d] float64
     excluded = tuple(sorted({i for w in words for i in w.token_ids}))
-    sims = cosines(unit_embeddings, vector)
-    base = cosines(unit_embeddings, rc)
+    sims = cosines(embeddings, norms, vector)
+    base = cosines(embeddings, norms, rc)
     found = None
     if expected.strip():
         target = word_tokens(tokenizer, expected, strings, leading_space, mode, "the expected answer")
@@ -272,13 +270,14 @@ def sentence_analogy(
         raise InputError("Give at least one candidate (one per line) to rank against a − b + c.")
     vectors = np.asarray(embedder.encode([*words, *candidates]), dtype=np.float64)  # [3 + N, d]
     va, vb, vc = vectors[:3]
-    unit_candidates = unit_rows(vectors[3:])  # [N, d]
+    candidate_vectors = vectors[3:]  # [N, d]
+    candidate_norms = row_norms(candidate_vectors)
     vector = va - vb + vc
     excluded = tuple(i for i, s in enumerate(candidates) if s in words)
     if len(excluded) == len(candidates):
         raise InputError("Every candidate is a, b or c itself: add candidates that are none of them.")
-    sims = cosines(unit_candidates, vector)
-    base = cosines(unit_candidates, vc)
+    sims = cosines(candidate_vectors, candidate_norms, vector)
+    base = cosines(candidate_vectors, candidate_norms, vc)
     found = None
     if expected:
         found = _expected(expected, candidates.index(expected), note, sims, base, excluded)

@@ -15,6 +15,7 @@ from core.inspection.positions import PositionEffect
 from core.inspection.sampling import SamplingConfig, reshape
 from core.inspection.tokens import readable
 from core.inspection.trace import Trace
+from core.retrieval.embeddings import cosine_reduction_length, cosines_to_rows, row_norms
 from core.tolerance import float32_tolerance, float64_tolerance
 
 TOP_K_REACHED = 10  # "reaches the top 10": rank 0–9 among the logits
@@ -61,37 +62,38 @@ def focus_token(trace: Trace) -> int:
     return trace.n_tokens - 1
 
 
-def _nearest_candidates(unit_embeddings: np.ndarray, token_id: int, n: int) -> np.ndarray:
+def _nearest_candidates(embeddings: np.ndarray, norms: np.ndarray, token_id: int, n: int) -> np.ndarray:
     """Ids (ascending) that hold the `n` other rows of highest float64 cosine to row `token_id`, found with
-    one float32 pass over the table instead of a float64 copy of it.
+    one float32 pass over the table instead of a float64 copy of it (`norms`: the rows' lengths).
 
     Each float32 cosine lies within `tol` of its float64 value, so the n-th largest float32 cosine is at
     most the n-th float64 one + tol, and every row of the float64 top n (ties included) has a float32
     cosine ≥ that n-th float32 value − 2·tol.
     """
-    V, d = unit_embeddings.shape
+    V, d = embeddings.shape
     if n >= V:
         return np.arange(V)
-    sims = unit_embeddings @ unit_embeddings[token_id]  # [V], float32
+    sims = cosines_to_rows(embeddings, norms, embeddings[token_id])  # [V], float32
     sims[token_id] = -np.inf  # the row itself is no neighbour: it must not take one of the n places
-    tol = float32_tolerance(1.0, d)  # unit rows: every product of d terms is at most 1 in size
+    tol = float32_tolerance(1.0, cosine_reduction_length(d))  # cosines are at most 1 in size
     nth = np.partition(sims, V - n)[V - n]
     return np.flatnonzero(sims >= nth - 2 * tol)
 
 
 def nearest_neighbour_question(
-    trace: Trace, unit_embeddings: np.ndarray, strings, distractor_ranks=(25, 250, 2500)
+    trace: Trace, embeddings: np.ndarray, norms: np.ndarray, strings, distractor_ranks=(25, 250, 2500)
 ) -> Question:
     """Which vocabulary row is the closest (by cosine) to the focus token's row? The options are the
-    real nearest neighbour and the rows ranked `distractor_ranks` by the same cosine."""
+    real nearest neighbour and the rows ranked `distractor_ranks` by the same cosine (`embeddings` [V, d]
+    and their lengths `norms` [V], `core.retrieval.embeddings.row_norms`)."""
     position = focus_token(trace)
     token_id = int(trace.token_ids[position])
-    V, d = unit_embeddings.shape
+    V, d = embeddings.shape
     ranks = [0] + [min(r, V - 2) for r in distractor_ranks]
-    candidates = _nearest_candidates(unit_embeddings, token_id, max(ranks) + len(ranks))
-    query = unit_embeddings[token_id].astype(np.float64)
+    candidates = _nearest_candidates(embeddings, norms, token_id, max(ranks) + len(ranks))
+    rows = embeddings[candidates].astype(np.float64)
     sims = np.full(V, -np.inf)  # [V], float64 cosines of the candidates, -inf elsewhere
-    sims[candidates] = unit_embeddings[candidates].astype(np.float64) @ query
+    sims[candidates] = cosines_to_rows(rows, row_norms(rows), embeddings[token_id].astype(np.float64))
     sims[token_id] = -np.inf
     order = candidates[np.argsort(-sims[candidates], kind="stable")]  # ties: lower id first
     picked: list[int] = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import InputError
-from core.retrieval.embeddings import pca_2d
+from core.retrieval.embeddings import cosines_to_rows, pca_2d
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,31 @@ def readable(text: str) -> str:
 
 
 def vocab_strings(tokenizer) -> list[str]:
-    """Readable text of every vocabulary id (index = id). Decodes the whole vocabulary once."""
+    """Readable text of every vocabulary id (index = id): `tokenizer.decode([id])` for each.
+
+    A Rust-backed tokenizer that decodes as transformers' own does (no clean-up of spaces, no
+    `_decode` of its own) decodes the whole vocabulary in one call to the backend, about a quarter
+    of the time of a Python call per id (49k ids for SmolLM2: ~0.04 s against ~0.13 s)."""
     n = len(tokenizer)
-    return [readable(tokenizer.decode([i])) for i in range(n)]
+    if _plain_backend_decode(tokenizer):
+        texts = tokenizer.backend_tokenizer.decode_batch([[i] for i in range(n)], skip_special_tokens=False)
+    else:
+        texts = [tokenizer.decode([i]) for i in range(n)]
+    return [readable(t) for t in texts]
+
+
+def _plain_backend_decode(tokenizer) -> bool:
+    """True when `tokenizer.decode(ids)` is exactly its backend's `decode(ids, skip_special_tokens=False)`."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return False
+    return (
+        isinstance(tokenizer, TokenizersBackend)
+        and type(tokenizer)._decode is TokenizersBackend._decode
+        and type(tokenizer).decode is TokenizersBackend.decode
+        and not tokenizer.clean_up_tokenization_spaces
+    )
 
 
 def embedding_matrix(model) -> np.ndarray:
@@ -50,20 +72,24 @@ def embedding_matrix(model) -> np.ndarray:
 
 
 def nearest_tokens(
-    unit_embeddings: np.ndarray, token_id: int, strings: list[str], k: int = 10, include_self: bool = False
+    embeddings: np.ndarray,
+    norms: np.ndarray,
+    token_id: int,
+    strings: list[str],
+    k: int = 10,
+    include_self: bool = False,
 ) -> list[Neighbour]:
     """The k vocabulary rows with the highest cosine similarity to row `token_id`.
 
-    `unit_embeddings` is `core.retrieval.embeddings.unit_rows(embedding_matrix)`, [V, d], computed once
-    per model.
+    `embeddings` is the embedding matrix [V, d], `norms` its row lengths [V]
+    (`core.retrieval.embeddings.row_norms`), computed once per model.
     """
-    if not 0 <= token_id < len(unit_embeddings):
-        raise InputError(f"Token id {token_id} is outside the vocabulary (0–{len(unit_embeddings) - 1}).")
+    if not 0 <= token_id < len(embeddings):
+        raise InputError(f"Token id {token_id} is outside the vocabulary (0–{len(embeddings) - 1}).")
     if k < 1:
         raise InputError("Ask for at least one neighbour.")
-    sims = unit_embeddings @ unit_embeddings[token_id]  # [V]
+    sims = cosines_to_rows(embeddings, norms, embeddings[token_id])  # [V]
     if not include_self:
-        sims = sims.copy()
         sims[token_id] = -np.inf
     k = min(k, len(sims) - (0 if include_self else 1))
     top = np.argpartition(-sims, k - 1)[:k]
@@ -72,13 +98,14 @@ def nearest_tokens(
 
 
 def neighbourhood_map(
-    unit_embeddings: np.ndarray,
     embeddings: np.ndarray,
+    norms: np.ndarray,
     token_ids: list[int],
     strings: list[str],
     neighbours_per_token: int = 5,
 ) -> list[MapPoint]:
-    """The sentence's distinct tokens and their nearest neighbours, placed by a shared 2-D PCA."""
+    """The sentence's distinct tokens and their nearest neighbours (by cosine; `norms` are the rows'
+    lengths, `core.retrieval.embeddings.row_norms`), placed by a shared 2-D PCA."""
     anchors = list(dict.fromkeys(int(t) for t in token_ids))
     rows, meta = [], []
     seen: set[int] = set()
@@ -89,7 +116,7 @@ def neighbourhood_map(
     if neighbours_per_token > 0:
         # One [A, V] product instead of A passes over the whole table (it is read from memory once);
         # each anchor's similarities are one contiguous row, so the partition below walks memory in order.
-        sims = unit_embeddings[anchors] @ unit_embeddings.T
+        sims = cosines_to_rows(embeddings, norms, embeddings[anchors])
         sims[np.arange(len(anchors)), anchors] = -np.inf  # a token is not its own neighbour
         k = min(neighbours_per_token, sims.shape[1] - 1)
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # [A, k]

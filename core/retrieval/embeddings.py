@@ -23,6 +23,32 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms == 0, 1.0, norms)
 
 
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """The length of each row of [N, d] -> [N], in x's precision, with no squared or scaled copy of x."""
+    return np.sqrt(np.einsum("ij,ij->i", x, x))
+
+
+def cosines_to_rows(rows: np.ndarray, norms: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each query ([d] or [n, d]) with every row of `rows` [V, d] -> [V] or [n, V]:
+    (query · row) / (|query| |row|), with `norms` = row_norms(rows) computed once; a zero row or query
+    scores 0. Reads the table once and keeps no unit-length copy of it (for a vocabulary, a copy the
+    size of the model's embedding matrix).
+
+    Rounding: the dot product and the two lengths are sums of d terms each, so a cosine is within
+    float tolerance of (2d + 3) operations on numbers at most 1 (`cosine_reduction_length`)."""
+    q = np.asarray(queries, dtype=rows.dtype)
+    dots = q @ rows.T  # [V] or [n, V]
+    lengths = np.sqrt(np.einsum("...i,...i->...", q, q))  # [] or [n]
+    denominators = np.multiply.outer(lengths, norms).astype(dots.dtype, copy=False)
+    return np.divide(dots, denominators, out=np.zeros_like(dots), where=denominators > 0)
+
+
+def cosine_reduction_length(d: int) -> int:
+    """Rounded operations behind one `cosines_to_rows` value of width d: a dot product, two lengths,
+    their product and the division."""
+    return 2 * d + 3
+
+
 # --- analysis on an embedding matrix [N, d] --------------------------------------------------------
 
 

@@ -81,9 +81,9 @@ def render(loaded) -> None:
         result = state.kept_result(RESULT, key)
         if result is None:
             if space == TOKENS:
-                strings, unit, matrix = state.vocabulary(loaded)
+                strings, norms, matrix = state.vocabulary(loaded)
                 analogy = token_analogy(
-                    loaded.tokenizer, strings, unit, matrix, a, b, c, expected, k, space_first, mode
+                    loaded.tokenizer, strings, norms, matrix, a, b, c, expected, k, space_first, mode
                 )
                 result = (analogy, vector_check(loaded.model, analogy, mode))
             else:
