@@ -50,13 +50,13 @@ from bench.browser import (  # noqa: E402
     set_text,
     wait_drawn,
 )
+from ui.state import TRACE_TOKENS  # noqa: E402  (the longest text a model page traces)
 from ui.stations import STATIONS  # noqa: E402
 
 SIDEBAR = '[data-testid="stSidebar"]'
 LOADING = f'{SIDEBAR} [data-testid="stProgress"]'
 TRACING = '[data-testid="stSpinner"]'
 TRACING_TEXT = "Running the text through the model"  # ui.state.require_trace's spinner
-TRACE_TOKENS = 512  # the longest text a model page traces
 
 # Records, in the page, the spans (Date.now() ms) during which an element matching `selector` and
 # showing `text` is on screen: from its first drawing to its removal.

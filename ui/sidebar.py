@@ -89,7 +89,7 @@ def render_sidebar(wait_for_model: bool = True) -> None:
             "The text every model page traces",
             height=110,
             max_chars=state.MAX_TEXT_CHARS,
-            help="Up to 512 tokens are traced; longer text is cut with a note.",
+            help=f"Up to {state.TRACE_TOKENS} tokens are traced; longer text is cut with a note.",
             **state.persist(state.TEXT_WIDGET, state.DEFAULT_TEXT, plain=state.TEXT),
         )
         if wait_for_model:

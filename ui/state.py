@@ -36,7 +36,7 @@ PERSIST_PREFIX = "vl_kept_"  # + widget key: the remembered value of a widget dr
 
 DEFAULT_TEXT = "The capital of France is Paris, and the capital of Italy is"
 TRACE_TOKENS = 512  # a page's trace keeps the text's first tokens (attention grows with the square)
-MAX_TEXT_CHARS = 20_000  # longer pasted text is cut (the trace keeps 512 tokens anyway)
+MAX_TEXT_CHARS = 20_000  # longer pasted text is cut (the trace keeps TRACE_TOKENS tokens anyway)
 
 
 def default_spec() -> str:
