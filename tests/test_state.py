@@ -931,6 +931,38 @@ asyncio.run(main())
 """
 
 
+COMPONENT_SEARCH = """
+import json
+
+from streamlit.components.v2 import manifest_scanner
+from streamlit.components.v2.component_manager import BidiComponentManager
+
+searches = []
+manifest_scanner.scan_component_manifests = lambda *args, **kwargs: searches.append(1) or []
+BidiComponentManager().discover_and_register_components()  # what Streamlit's runtime calls as it starts
+before = len(searches)
+import serve  # noqa: E402
+
+BidiComponentManager().discover_and_register_components()
+print(json.dumps({"before": before, "after": len(searches) - before}))
+"""
+
+
+def test_the_server_skips_streamlits_search_for_installed_components():
+    """serve.py leaves out the runtime's read of every installed package's metadata (Vector Lab has no
+    custom components): Streamlit searches without it, not once serve.py is loaded."""
+    out = subprocess.run(
+        [sys.executable, "-c", COMPONENT_SEARCH],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"before": 1, "after": 0}
+
+
 def test_the_server_prepares_the_default_model_and_text_before_any_session(tiny_gpt2_dir):
     """serve.py (what `make run` serves) loads the default model, traces the default text and reads
     the vocabulary as the server starts: the first page opened finds them, with no browser session
