@@ -54,7 +54,7 @@ bench: $(STAMP)
 	$(call BENCH,bench_scale)
 	$(call BENCH,bench_retrieval)
 	$(call BENCH,bench_train,--repeats 3)
-	$(call BENCH,bench_train_live,--repeats 2)
+	$(call BENCH,bench_train_live)
 	$(BIN)/python bench/readme_tables.py
 
 clean:

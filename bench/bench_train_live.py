@@ -1,6 +1,6 @@
 """Training speed with the training page open against the same run with its tab closed.
 
-python bench/bench_train_live.py [--repeats 2] [--steps 10] [--batch 4] [--seq 64] [--model bundled-smollm2]
+python bench/bench_train_live.py [--repeats 3] [--steps 10] [--batch 4] [--seq 64] [--model bundled-smollm2]
 
 One `streamlit run app.py` server; Playwright drives Debian's Chromium (headless) to the training
 page, sets the run and presses Start. "page open" keeps the tab on the page (its live view redraws
@@ -147,7 +147,7 @@ def one_run(browser, url: str, mode: str, name: str, args, checkpoints: Path, pi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=64)
@@ -172,6 +172,7 @@ def main() -> None:
                         print(
                             f"  {mode}: {r['elapsed_s']:.1f} s, {r['steps_per_s']:.3f} steps/s, "
                             f"peak {r['peak_gb']:.2f} GB",
+                            file=sys.stderr,
                             flush=True,
                         )
                 browser.close()
