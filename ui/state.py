@@ -125,7 +125,19 @@ def _store() -> ModelStore:
     """Loaded models shared by every session (`core.model.store.ModelStore`), each loaded in a background
     thread. Not `st.cache_resource` on the loader itself: a page that needs no model draws while the
     model loads, and a page that needs it shows the load's progress while it waits."""
-    return ModelStore()
+    return ModelStore(loader=_load_without_terminal_bars)
+
+
+def _load_without_terminal_bars(spec: str, progress=None):
+    """`load_model`, in the load's own thread, with transformers' progress bars off for the process
+    ("Loading weights", a conversion's "Writing model shards", Hub downloads): the pages show each
+    load's progress, and the server's terminal keeps its address and what goes wrong."""
+    from transformers.utils import logging as transformers_logging
+
+    from core.model.loading import load_model
+
+    transformers_logging.disable_progress_bar()
+    return load_model(spec, progress)
 
 
 def model_status():
