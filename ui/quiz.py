@@ -58,7 +58,7 @@ def score() -> Score:
 
 
 def _tokens(loaded, trace) -> list[quiz.Question]:
-    strings, norms, embeddings = state.vocabulary(loaded)
+    strings, norms, embeddings = state.vocabulary(loaded, spinner=False)  # inside the cached _questions
     return [
         quiz.nearest_neighbour_question(trace, embeddings, norms, strings),
         quiz.largest_norm_question(trace),

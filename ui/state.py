@@ -277,12 +277,14 @@ def _vocab(key: str, _loaded):
     return read_only((strings, row_norms(matrix), matrix))
 
 
-def vocabulary(loaded):
+def vocabulary(loaded, spinner: bool = True):
     """(readable strings [V], the embedding rows' lengths [V], the embedding rows [V, d]), read-only: one
     copy is shared by every session. Cosines against the table take the lengths
     (`core.retrieval.embeddings.cosines_to_rows`): no unit-length copy of it is kept (for SmolLM2 one
-    would be 113 MB, and allocating it a quarter of a second of a cold server's first station)."""
-    if get_script_run_ctx(suppress_warning=True) is None:  # the server preparing it: no page to draw on
+    would be 113 MB, and allocating it a quarter of a second of a cold server's first station).
+
+    `spinner=False` inside a cached computation, which must draw nothing (its caller shows its own)."""
+    if not spinner or get_script_run_ctx(suppress_warning=True) is None:  # nothing to draw it on
         return _vocab(model_key(loaded), loaded)
     with st.spinner("Reading the vocabulary…"):
         return _vocab(model_key(loaded), loaded)
