@@ -402,7 +402,7 @@ def _next_token(
     from core.inspection.sampling import SamplingConfig, reshape, top_entries
 
     dist = reshape(_trace.last_logits, SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p))
-    strings, _, _ = _vocab(key, _loaded)  # inside a cached computation: no spinner of its own
+    strings, _, _ = vocabulary(_loaded, spinner=False)
     return read_only((dist, top_entries(dist, strings, n=n)))
 
 
@@ -417,7 +417,7 @@ def next_token(loaded, trace, config, n: int):
 def _nearest_tokens(key: str, token_id: int, k: int, _loaded):
     from core.inspection.tokens import nearest_tokens as compute
 
-    strings, norms, embeddings = _vocab(key, _loaded)
+    strings, norms, embeddings = vocabulary(_loaded, spinner=False)
     return tuple(compute(embeddings, norms, token_id, strings, k=k))
 
 
@@ -431,7 +431,7 @@ def nearest_tokens(loaded, token_id: int, k: int):
 def _token_map(key: str, token_ids: tuple[int, ...], per_token: int, _loaded):
     from core.inspection.tokens import neighbourhood_map
 
-    strings, norms, embeddings = _vocab(key, _loaded)
+    strings, norms, embeddings = vocabulary(_loaded, spinner=False)
     return tuple(neighbourhood_map(embeddings, norms, list(token_ids), strings, per_token))
 
 
