@@ -189,7 +189,7 @@ def test_each_step_runs_with_the_threads_the_server_gives_at_that_moment(_tiny_g
     cores back when that session leaves, and gives one up when a session connects mid-run."""
     given = [1, 2, 2, 1, 2]  # sessions come and go: what the server would give before each step
     asked = iter(given)
-    job = TrainingJob(compute_threads=lambda: next(asked, given[-1]))
+    job = TrainingJob(before_step=lambda: torch.set_num_threads(next(asked, given[-1])))
     ran_with = []
     publish = job._publish
 
@@ -206,5 +206,9 @@ def test_the_page_job_asks_the_server_for_its_threads():
     from ui import cores
 
     job = state.training_job()
-    assert job.compute_threads is cores.threads_now
-    assert job.compute_threads() == cores.threads_for(cores.connected_sessions(), cores.cores())
+    assert job.before_step is cores.share_cores
+    before = torch.get_num_threads()
+    try:
+        assert job.before_step() == cores.threads_for(cores.connected_sessions(), cores.cores())
+    finally:
+        torch.set_num_threads(before)  # share_cores set this thread's own

@@ -12,7 +12,7 @@ torch keeps the setting per thread (OpenMP's thread count is a per-thread settin
 value set to threads it has not seen yet, so it is set again in every page run that uses the model,
 once it is loaded (`ui.state.load_current_model`), in the page's own thread, before the page's work
 with it: a run started before a second session connected keeps its threads until it is over. A
-training run asks again before every step (`core.training.jobs.TrainingJob.compute_threads`).
+training run sets them again before every step (`core.training.jobs.TrainingJob.before_step`).
 """
 
 from __future__ import annotations
@@ -61,16 +61,11 @@ def _warn_uncounted() -> None:
     log.warning("this Streamlit version does not count sessions; torch keeps all its threads")
 
 
-def threads_now() -> int:
-    """Compute threads for one session's work with the sessions connected now."""
-    return threads_for(connected_sessions(), cores())  # cores() reads the default before any change
-
-
 def share_cores() -> int:
     """Set torch's threads for this thread's work (see the module docstring) and return how many."""
     import torch
 
-    n = threads_now()
+    n = threads_for(connected_sessions(), cores())  # cores() reads the default before any change
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -15,7 +15,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.errors import DataDirError, VectorLabError
 from core.model.store import ModelStore
-from ui.cores import share_cores, threads_now, yield_to_other_sessions
+from ui.cores import share_cores, yield_to_other_sessions
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ def training_job():
     """The one training job of this process, shared by every browser session."""
     from core.training.jobs import TrainingJob
 
-    return TrainingJob(compute_threads=threads_now)
+    return TrainingJob(before_step=share_cores)
 
 
 @st.cache_resource(show_spinner="Timing one training step of this model…", max_entries=16)

@@ -223,13 +223,13 @@ class JobSnapshot:
 class TrainingJob:
     """Holds at most one `FineTuneRun` and the thread stepping it."""
 
-    def __init__(
-        self, max_points: int = MAX_POINTS, compute_threads: Callable[[], int] | None = None
-    ) -> None:
+    def __init__(self, max_points: int = MAX_POINTS, before_step: Callable[[], object] | None = None) -> None:
         self.max_points = max_points
-        # Torch's threads for the next step, asked before the first and after every step (the server
-        # gives fewer while other browser sessions are connected: ui.cores); None leaves torch's own.
-        self.compute_threads = compute_threads
+        # Called in the training thread before the first step and after every step: the server sets
+        # torch's threads for the next one there (fewer while other browser sessions are connected,
+        # `ui.cores.share_cores`), so a run started beside another session gets every core back once
+        # that session is gone, and leaves one when a session connects mid-run.
+        self.before_step = before_step
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -304,7 +304,8 @@ class TrainingJob:
 
     def _work(self) -> None:
         run = self.run
-        self._share_cores()
+        if self.before_step is not None:
+            self.before_step()
         try:
             result = run.run(on_step=lambda record: self._publish(run, record), should_stop=self._stop.is_set)
             status = FINISHED if result.status == "finished" else STOPPED
@@ -348,19 +349,8 @@ class TrainingJob:
         progress = self._progress_of(run, record)
         with self._lock:
             self._progress = progress
-        self._share_cores()
-
-    def _share_cores(self) -> None:
-        """In the training thread, before a step: torch's threads as `compute_threads` says now (the
-        setting is this thread's own), so a run started beside another session gets every core back
-        once that session is gone, and leaves one when a session connects mid-run."""
-        if self.compute_threads is None:
-            return
-        import torch
-
-        wanted = max(1, int(self.compute_threads()))
-        if torch.get_num_threads() != wanted:
-            torch.set_num_threads(wanted)
+        if self.before_step is not None:
+            self.before_step()
 
     def _progress_of(self, run: FineTuneRun, last: TrainStep | None) -> _Progress:
         curves = self._curves
