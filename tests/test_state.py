@@ -624,12 +624,24 @@ print(sorted(importers.items()))
 """
 
 
-def test_the_landing_page_leaves_torch_and_transformers_to_the_loading_thread(tiny_gpt2_dir):
-    spec = str(tiny_gpt2_dir)
+def _fresh_python(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300):
+    """`script` run with `args` in a fresh interpreter from the project root (as a server process
+    starts), required to exit cleanly; its completed process, stdout and stderr as text."""
     result = subprocess.run(
-        [sys.executable, "-c", IMPORT_SPY, spec], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=None if env is None else {**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_the_landing_page_leaves_torch_and_transformers_to_the_loading_thread(tiny_gpt2_dir):
+    spec = str(tiny_gpt2_dir)
+    result = _fresh_python(IMPORT_SPY, spec)
     during, after = result.stdout.strip().splitlines()[-2:]
     loader = f"load {spec}"
     assert set(ast.literal_eval(during)) <= {("torch", loader), ("transformers", loader)}
@@ -951,15 +963,7 @@ print(json.dumps({"before": before, "after": len(searches) - before}))
 def test_the_server_skips_streamlits_search_for_installed_components():
     """serve.py leaves out the runtime's read of every installed package's metadata (Vector Lab has no
     custom components): Streamlit searches without it, not once serve.py is loaded."""
-    out = subprocess.run(
-        [sys.executable, "-c", COMPONENT_SEARCH],
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = _fresh_python(COMPONENT_SEARCH, env={"HF_HUB_OFFLINE": "1"}, timeout=TIMEOUT)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"before": 1, "after": 0}
 
 
@@ -967,16 +971,8 @@ def test_the_server_prepares_the_default_model_and_text_before_any_session(tiny_
     """serve.py (what `make run` serves) loads the default model, traces the default text and reads
     the vocabulary as the server starts: the first page opened finds them, with no browser session
     ever connected. A fresh process, as a server is."""
-    env = {**os.environ, "VECTORLAB_MODEL": str(tiny_gpt2_dir), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", SERVER_STARTS, str(TIMEOUT)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT + 60,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    env = {"VECTORLAB_MODEL": str(tiny_gpt2_dir), "HF_HUB_OFFLINE": "1"}
+    out = _fresh_python(SERVER_STARTS, str(TIMEOUT), env=env, timeout=TIMEOUT + 60)
     assert "missing ScriptRunContext" not in out.stderr  # nothing it does tries to draw on a page
     assert "Loading weights" not in out.stderr  # transformers' own bar: the pages show the progress
     seen = json.loads(out.stdout.strip().splitlines()[-1])
